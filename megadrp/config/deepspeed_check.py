@@ -1,0 +1,97 @@
+"""Check a DeepSpeed JSON against the run config and resolve it into the dict DeepSpeed gets.
+
+The batch arithmetic (global = micro x accumulation x data-parallel size) and the precision are
+checked before any work starts: a mismatch otherwise surfaces as a DeepSpeed assertion deep in
+``initialize`` or, worse, as silently different training. Fields written ``"auto"`` are filled
+from the run config; fields given explicitly must agree with it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+from megadrp.config.schema import ConfigError
+
+
+def resolve_precision(requested: str, device_type: str) -> str:
+    """'auto' means bf16 on accelerators and fp32 on CPU (no fast bf16 matmuls there)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device_type == "cuda" else "fp32"
+
+
+def _json_precision(ds: dict) -> str:
+    if ds.get("bf16", {}).get("enabled") is True:
+        return "bf16"
+    if ds.get("fp16", {}).get("enabled") is True:
+        return "fp16"
+    if ds.get("bf16", {}).get("enabled") == "auto" or ds.get("fp16", {}).get("enabled") == "auto":
+        return "auto"
+    return "fp32"
+
+
+def check_deepspeed_json(path_or_dict, optim, precision: str, world_size: int) -> dict:
+    """Return the resolved DeepSpeed config, or raise ConfigError naming the mismatch and the fix.
+
+    ``optim`` is the run's OptimConfig, ``precision`` the resolved precision ('bf16'|'fp16'|'fp32'),
+    ``world_size`` the data-parallel size.
+    """
+    if isinstance(path_or_dict, dict):
+        ds, src = copy.deepcopy(path_or_dict), "<dict>"
+    else:
+        src = path_or_dict
+        if not os.path.exists(src):
+            raise ConfigError("deepspeed.config", src, "file not found; the shipped ones are in ds_configs/")
+        with open(src, encoding="utf-8") as fh:
+            try:
+                ds = json.load(fh)
+            except json.JSONDecodeError as err:
+                raise ConfigError("deepspeed.config", src, f"is not valid JSON: {err}") from err
+
+    micro, accum = optim.micro_batch_size, optim.gradient_accumulation_steps
+    expected_global = micro * accum * world_size
+    if optim.global_batch_size is not None and optim.global_batch_size != expected_global:
+        if optim.global_batch_size % (micro * world_size) == 0:
+            fix = f"set optim.gradient_accumulation_steps={optim.global_batch_size // (micro * world_size)}"
+        else:
+            fix = (f"the global batch must be a multiple of micro_batch_size x world size "
+                   f"= {micro * world_size}")
+        raise ConfigError("optim.global_batch_size", optim.global_batch_size,
+                          f"micro_batch_size ({micro}) x gradient_accumulation_steps ({accum}) x data-parallel "
+                          f"size ({world_size}) = {expected_global}; {fix}")
+
+    for key, want in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum),
+                      ("train_batch_size", expected_global)):
+        have = ds.get(key, "auto")
+        if have == "auto":
+            ds[key] = want
+        elif have != want:
+            raise ConfigError(f"deepspeed.config:{key}", have,
+                              f"{src} says {have} but the run config gives {want} (micro {micro} x accumulation "
+                              f"{accum} x world size {world_size}); set it to \"auto\" or make them agree")
+
+    have_prec = _json_precision(ds)
+    if have_prec == "auto":
+        ds["bf16"] = {"enabled": precision == "bf16"}
+        ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
+        if precision != "fp16":
+            ds.pop("fp16")
+    elif have_prec != precision:
+        raise ConfigError("deepspeed.precision", precision,
+                          f"{src} trains in {have_prec}; set deepspeed.precision={have_prec} or use a JSON for "
+                          f"{precision} (e.g. ds_configs/zero3_cpu.json for fp32 on CPU)")
+
+    clip = ds.get("gradient_clipping", "auto")
+    ds["gradient_clipping"] = optim.grad_clip if clip == "auto" else clip
+    if ds["gradient_clipping"] != optim.grad_clip:
+        raise ConfigError("deepspeed.config:gradient_clipping", clip,
+                          f"{src} clips at {clip} but optim.grad_clip is {optim.grad_clip}; make them agree or use \"auto\"")
+    for forbidden in ("optimizer", "scheduler"):
+        if forbidden in ds:
+            raise ConfigError(f"deepspeed.config:{forbidden}", ds[forbidden],
+                              "megadrp builds its own optimizer groups (weights, log_alpha, ascending multipliers) "
+                              "and schedules; remove this section (DeepSpeed schedulers overwrite every group's LR)")
+    ds.setdefault("steps_per_print", 10 ** 9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds

@@ -1,0 +1,265 @@
+"""The typed run-configuration tree of megadrp.
+
+One dataclass per concern (model, pruning, data, dro, optim, deepspeed, checkpoint, logging, export,
+eval, dress). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
+and, where the values are a closed set, ``metadata["choices"]``. Checks that involve only one section
+live in that section's ``check`` method and raise :class:`ConfigError` naming the dotted field, the bad
+value and what is allowed. Checks that need the source model (target shape vs source shape) live with
+the model code, which knows the source.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A run-configuration problem: names the field, the bad value and what is allowed."""
+
+    def __init__(self, field_path: str, value: Any, allowed: str):
+        self.field_path, self.value, self.allowed = field_path, value, allowed
+        super().__init__(f"config field '{field_path}' = {value!r} is invalid: {allowed}")
+
+
+def opt(default: Any, help: str, choices: Optional[tuple] = None, factory=None):
+    """A dataclass field with its documentation (and closed set of values, if any)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _positive(path: str, value, allow_zero: bool = False):
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(path, value, "must be > 0" if not allow_zero else "must be >= 0")
+
+
+def _fraction(path: str, value, closed_top: bool = True):
+    if not (0.0 <= value <= 1.0) or (not closed_top and value == 1.0):
+        raise ConfigError(path, value, "must be a fraction in [0, 1]" if closed_top else "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("", "Source model: a Hugging Face folder (config.json + safetensors or .bin) to prune or train.")
+    family: str = opt("auto", "Model family; 'auto' reads it from the folder's config.json model_type.",
+                      choices=("auto", "llama", "mistral", "qwen2"))
+    attn_backend: str = opt("auto", "Attention core: 'auto' (flash-attn if installed on CUDA, else SDPA), 'sdpa', "
+                            "'flash', or 'eager' (reference math).", choices=("auto", "sdpa", "flash", "eager"))
+    use_kernels: str = opt("auto", "Masked ops: 'auto' (Triton on CUDA, PyTorch reference elsewhere), 'triton', "
+                           "'torch'.", choices=("auto", "triton", "torch"))
+    activation_checkpointing: bool = opt(False, "Recompute each decoder layer in backward to save activation memory.")
+
+    def check(self, prefix: str = "model"):
+        pass
+
+
+@dataclass
+class TargetShape:
+    hidden_size: Optional[int] = opt(None, "Target residual width d'; null keeps the source's.")
+    num_attention_heads: Optional[int] = opt(None, "Target query heads H'; null keeps the source's.")
+    num_key_value_heads: Optional[int] = opt(None, "Target key/value heads G'; null keeps the source's (or H' for MHA).")
+    intermediate_size: Optional[int] = opt(None, "Target FFN width m'; null keeps the source's.")
+    num_hidden_layers: Optional[int] = opt(None, "Target number of decoder layers L'; null keeps the source's.")
+
+    def check(self, prefix: str = "pruning.target"):
+        for name in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                     "num_hidden_layers"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        h, g = self.num_attention_heads, self.num_key_value_heads
+        if h is not None and g is not None and h % g != 0:
+            raise ConfigError(f"{prefix}.num_attention_heads", h,
+                              f"must be a multiple of num_key_value_heads ({g}) so every KV group keeps as many query heads")
+
+
+@dataclass
+class PruningConfig:
+    target: TargetShape = opt(None, "The shape the model is pruned to (HF config names).", factory=TargetShape)
+    warmup_fraction: float = opt(0.2, "Fraction of pruning steps over which the target sparsity ramps linearly from 0.")
+    log_alpha_init: float = opt(5.0, "Initial mean of each mask's log_alpha (5.0: every unit starts kept).")
+    temperature: float = opt(2.0 / 3.0, "Hard-concrete temperature beta.")
+    lr_log_alpha: float = opt(1.0, "Learning rate of the mask parameters (log_alpha).")
+    lr_lambda: float = opt(1.0, "Learning rate of the Lagrange multipliers (gradient ascent).")
+
+    def check(self, prefix: str = "pruning"):
+        self.target.check(f"{prefix}.target")
+        _fraction(f"{prefix}.warmup_fraction", self.warmup_fraction)
+        _positive(f"{prefix}.temperature", self.temperature)
+        _positive(f"{prefix}.lr_log_alpha", self.lr_log_alpha, allow_zero=True)
+        _positive(f"{prefix}.lr_lambda", self.lr_lambda, allow_zero=True)
+
+
+@dataclass
+class DataConfig:
+    prefix: str = opt("", "Prefix of the training binaries: PREFIX_<domain>.bin/.idx for each domain.")
+    eval_prefix: str = opt("", "Prefix of the held-out binaries (same domains); empty disables held-out eval.")
+    domains: list = opt(None, "Domain names, in the order of every per-domain vector.", factory=list)
+    seq_length: int = opt(512, "Tokens per training sequence (packed across documents).")
+    tokenizer: str = opt("", "Tokenizer folder or name; empty uses model.path. Checked against the data's vocabulary.")
+
+    def check(self, prefix: str = "data"):
+        _positive(f"{prefix}.seq_length", self.seq_length)
+        if len(set(self.domains)) != len(self.domains):
+            raise ConfigError(f"{prefix}.domains", self.domains, "domain names must be unique")
+
+
+@dataclass
+class DroConfig:
+    method: str = opt("drpruning", "Domain reweighting rule.", choices=("constant", "sheared", "drpruning"))
+    update_interval: int = opt(50, "Steps between domain-weight updates.")
+    initial_ratio: str = opt("natural", "Initial (reference) data ratio: 'natural' (proportional to tokens), "
+                             "'uniform', or 'temperature' (tokens^temperature).",
+                             choices=("natural", "uniform", "temperature"))
+    temperature: float = opt(0.3, "Exponent of temperature sampling when initial_ratio = 'temperature'.")
+    reference_losses: list = opt(None, "Per-domain reference losses; empty measures the source model's loss at start.",
+                                 factory=list)
+    rho: float = opt(0.1, "Radius of the chi-square ball around the reference ratio (DRPruning).")
+    min_ratio: float = opt(0.2, "Floor on q_i / p_i (DRPruning's likelihood-ratio floor).")
+    ema: float = opt(0.1, "EMA factor of the per-domain training loss (DRPruning).")
+    dynamic_reference_loss: bool = opt(True, "Fit l(D, s) = A D^-a s^-b + E and lower the references to its prediction.")
+    dynamic_ratio: bool = opt(True, "Move the reference ratio towards the DRO weights (EMA 0.1, clamped to [p0/2, 2p0]).")
+    sheared_smoothing: float = opt(1e-4, "Uniform smoothing c of Sheared-LLaMA's rule: (1-c) w + c/k.")
+
+    def check(self, prefix: str = "dro"):
+        _positive(f"{prefix}.update_interval", self.update_interval)
+        _positive(f"{prefix}.rho", self.rho)
+        _fraction(f"{prefix}.min_ratio", self.min_ratio, closed_top=False)
+        _fraction(f"{prefix}.ema", self.ema)
+        _fraction(f"{prefix}.sheared_smoothing", self.sheared_smoothing)
+        _positive(f"{prefix}.temperature", self.temperature)
+
+
+@dataclass
+class OptimConfig:
+    max_steps: int = opt(1000, "Optimizer steps of the run.")
+    micro_batch_size: int = opt(1, "Sequences per rank per micro-batch.")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
+    global_batch_size: Optional[int] = opt(None, "If set, must equal micro x accumulation x data-parallel size.")
+    lr: float = opt(1e-4, "Peak learning rate of the model weights.")
+    min_lr_ratio: float = opt(0.1, "Cosine schedule floor as a fraction of the peak.")
+    warmup_steps: int = opt(0, "Linear LR warm-up steps before the cosine decay.")
+    weight_decay: float = opt(0.0, "AdamW weight decay of the model weights.")
+    beta1: float = opt(0.9, "AdamW beta1.")
+    beta2: float = opt(0.95, "AdamW beta2.")
+    grad_clip: float = opt(1.0, "Global gradient-norm clip (0 disables).")
+    seed: int = opt(1234, "Seed of weights init, data order and mask sampling.")
+
+    def check(self, prefix: str = "optim"):
+        for name in ("max_steps", "micro_batch_size", "gradient_accumulation_steps", "global_batch_size", "lr"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        _positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive(f"{prefix}.grad_clip", self.grad_clip, allow_zero=True)
+        _fraction(f"{prefix}.min_lr_ratio", self.min_lr_ratio)
+        _fraction(f"{prefix}.beta1", self.beta1, closed_top=False)
+        _fraction(f"{prefix}.beta2", self.beta2, closed_top=False)
+        if self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"{prefix}.warmup_steps", self.warmup_steps, f"must be below optim.max_steps ({self.max_steps})")
+
+
+@dataclass
+class DeepSpeedConfig:
+    config: str = opt("ds_configs/zero3_bf16.json", "DeepSpeed JSON; checked against optim.* and precision.")
+    precision: str = opt("auto", "'auto' (bf16 on GPUs, fp32 on CPU), 'bf16', 'fp16' or 'fp32'; must agree with the JSON.",
+                         choices=("auto", "bf16", "fp16", "fp32"))
+
+    def check(self, prefix: str = "deepspeed"):
+        if not self.config:
+            raise ConfigError(f"{prefix}.config", self.config, "give a DeepSpeed JSON, e.g. ds_configs/zero3_bf16.json")
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = opt(500, "Steps between checkpoints (a final one is always written).")
+    keep_last: int = opt(2, "Checkpoints kept; older ones are deleted after a newer one is complete.")
+    resume: str = opt("none", "'none', 'auto' (latest in the run dir, if any) or a checkpoint path.")
+    init_from: str = opt("", "Weights-only start from a checkpoint or HF folder (no optimizer, step or data state).")
+
+    def check(self, prefix: str = "checkpoint"):
+        _positive(f"{prefix}.save_interval", self.save_interval)
+        _positive(f"{prefix}.keep_last", self.keep_last)
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = opt(10, "Steps between step lines and metrics records.")
+    eval_interval: int = opt(0, "Steps between held-out per-domain evaluations (0: only at the end).")
+    eval_batches: int = opt(4, "Batches per domain in a held-out evaluation.")
+    wandb_mode: str = opt("offline", "wandb mode; 'offline' writes a local run, 'disabled' writes nothing.",
+                          choices=("offline", "online", "disabled"))
+    wandb_project: str = opt("megadrp", "wandb project name.")
+
+    def check(self, prefix: str = "logging"):
+        _positive(f"{prefix}.log_interval", self.log_interval)
+        _positive(f"{prefix}.eval_interval", self.eval_interval, allow_zero=True)
+        _positive(f"{prefix}.eval_batches", self.eval_batches)
+
+
+@dataclass
+class ExportConfig:
+    dtype: str = opt("bfloat16", "dtype of the exported weights.", choices=("float32", "bfloat16", "float16"))
+    max_shard_size: str = opt("5GB", "Largest safetensors shard of the exported folder.")
+    push_to_hub: str = opt("", "Hub repo id to upload the exported folder to (token from HF_TOKEN); empty: no upload.")
+    private: bool = opt(False, "Create the Hub repo as private.")
+
+    def check(self, prefix: str = "export"):
+        pass
+
+
+@dataclass
+class EvalConfig:
+    seq_length: int = opt(512, "Tokens per evaluation window.")
+    max_windows: int = opt(32, "Windows per domain (0: the whole held-out split).")
+    batch_size: int = opt(4, "Windows per forward pass.")
+    tasks: list = opt(None, "lm-eval-harness tasks (used when lm-eval and its data are available).", factory=list)
+
+    def check(self, prefix: str = "eval"):
+        _positive(f"{prefix}.seq_length", self.seq_length)
+        _positive(f"{prefix}.max_windows", self.max_windows, allow_zero=True)
+        _positive(f"{prefix}.batch_size", self.batch_size)
+
+
+@dataclass
+class DressConfig:
+    criterion: str = opt("taylor", "Importance criterion that selects the units to remove.",
+                         choices=("taylor", "activation", "magnitude"))
+    calibration_batches: int = opt(8, "Batches of calibration data for importance scoring.")
+    penalty: str = opt("l2", "Norm of the penalty on the selected slices.", choices=("l2", "l1"))
+    penalty_init: float = opt(1e-3, "Penalty coefficient at the first regularisation step.")
+    penalty_final: float = opt(1.0, "Penalty coefficient at the last regularisation step (geometric growth).")
+    regularize_steps: int = opt(100, "Regularisation steps before the selected units are removed.")
+
+    def check(self, prefix: str = "dress"):
+        _positive(f"{prefix}.calibration_batches", self.calibration_batches)
+        _positive(f"{prefix}.penalty_init", self.penalty_init)
+        _positive(f"{prefix}.penalty_final", self.penalty_final)
+        _positive(f"{prefix}.regularize_steps", self.regularize_steps)
+
+
+@dataclass
+class RunConfig:
+    mode: str = opt("prune", "What the run does.", choices=("prune", "cpt", "dress"))
+    run_dir: str = opt("runs/default", "Folder of this run: checkpoints, metrics, the resolved config.")
+    model: ModelConfig = opt(None, "Source model.", factory=ModelConfig)
+    pruning: PruningConfig = opt(None, "Masks, target shape and Lagrangian (prune mode).", factory=PruningConfig)
+    data: DataConfig = opt(None, "Training and held-out data.", factory=DataConfig)
+    dro: DroConfig = opt(None, "Per-domain loss tracking and domain reweighting.", factory=DroConfig)
+    optim: OptimConfig = opt(None, "Optimizer, schedule and batch sizes.", factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = opt(None, "DeepSpeed engine.", factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = opt(None, "Checkpointing and resume.", factory=CheckpointConfig)
+    logging: LoggingConfig = opt(None, "Logging, metrics and periodic evaluation.", factory=LoggingConfig)
+    export: ExportConfig = opt(None, "Export of the pruned model to a dense HF folder.", factory=ExportConfig)
+    eval: EvalConfig = opt(None, "Per-domain evaluation.", factory=EvalConfig)
+    dress: DressConfig = opt(None, "DReSS: importance selection and regularisation (dress mode).", factory=DressConfig)
+
+    def check(self, prefix: str = ""):
+        """Validate every section; raises ConfigError on the first bad field."""
+        for name in ("model", "pruning", "data", "dro", "optim", "deepspeed", "checkpoint", "logging", "export",
+                     "eval", "dress"):
+            getattr(self, name).check(name)
+        if self.dro.reference_losses and self.data.domains and len(self.dro.reference_losses) != len(self.data.domains):
+            raise ConfigError("dro.reference_losses", self.dro.reference_losses,
+                              f"needs one loss per domain of data.domains ({len(self.data.domains)})")

@@ -1,0 +1,1 @@
+"""Triton kernels for masked attention/FFN ops, with PyTorch references and a dispatcher."""
