@@ -1,0 +1,93 @@
+"""Resolve what to evaluate: an exported Hugging Face folder, or a megadrp checkpoint exported on the fly.
+
+Evaluation works from a dense HF folder only (see ARCHITECTURE.md, Dependencies); a checkpoint
+(a folder with ``megadrp_state.pt``, or a run directory with ``checkpoints/latest``) is first exported
+to a temporary folder through ``megadrp.export``.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+STATE_FILE = "megadrp_state.pt"
+
+
+def find_checkpoint(path) -> Path | None:
+    """The checkpoint folder behind ``path`` (itself, or RUN_DIR/checkpoints/<latest>), or None for a plain folder."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    latest = path / "checkpoints" / "latest"
+    if latest.is_file():
+        step_dir = path / "checkpoints" / latest.read_text().strip()
+        if (step_dir / STATE_FILE).is_file():
+            return step_dir
+    return None
+
+
+def _export_function():
+    """The export entry point of megadrp.export, whichever of the usual names it has, or None."""
+    try:
+        module = importlib.import_module("megadrp.export")
+    except ModuleNotFoundError as err:
+        if (err.name or "").startswith("megadrp"):
+            return None
+        raise
+    for name in ("export_checkpoint", "export", "export_hf"):
+        fn = getattr(module, name, None)
+        if callable(fn) and not inspect.ismodule(fn):
+            return fn
+    return None
+
+
+def export_to(checkpoint: Path, out_dir: Path) -> Path:
+    """Export ``checkpoint`` into ``out_dir`` (a dense HF folder) and return it."""
+    fn = _export_function()
+    if fn is None:
+        raise RuntimeError(f"{checkpoint} is a megadrp checkpoint, and this version has no megadrp.export to turn it "
+                           f"into a model folder: run `megadrp export {checkpoint} --output DIR` and evaluate DIR")
+    fn(str(checkpoint), str(out_dir))
+    if not (out_dir / "config.json").is_file():
+        raise RuntimeError(f"exporting {checkpoint} wrote no config.json into {out_dir}")
+    return out_dir
+
+
+def resolve_model_dir(path, scratch_dir) -> Path:
+    """A HF folder to load: ``path`` itself, or the export of the checkpoint it names into ``scratch_dir``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path {path} does not exist")
+    checkpoint = find_checkpoint(path)
+    if checkpoint is not None:
+        out = Path(scratch_dir) / f"export_{checkpoint.parent.parent.name}_{checkpoint.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        return export_to(checkpoint, out)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is neither a Hugging Face model folder (config.json) nor a megadrp "
+                                f"checkpoint ({STATE_FILE})")
+    return path
+
+
+def default_device(device=None):
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_hf(path, device=None, dtype=None):
+    """(model in eval mode on ``device``, fast tokenizer) from a HF folder; stock transformers, no remote code.
+
+    ``dtype`` None: bfloat16 on CUDA, float32 on CPU (losses are always accumulated in float32).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = default_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+    return model.to(device).eval(), tokenizer

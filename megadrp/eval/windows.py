@@ -1,0 +1,92 @@
+"""Token stream and evaluation windows of one domain, with the exact UTF-8 bytes each token covers.
+
+The documents are joined with EOS between them and cut into non-overlapping windows of ``seq_length``
+tokens. Token ``i`` of a document covers the characters from its own start offset to the next token's
+start (the first token from 0, the last to the document's end), so the tokens of a document tile it:
+summing their bytes over any run of tokens gives the bytes of exactly that span of text. EOS covers no
+text (0 bytes). See docs/EVALUATION.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Window:
+    """One evaluation window: ``ids`` [n] (n <= seq_length); tokens 1..n-1 are predicted and cover ``num_bytes``."""
+
+    ids: torch.Tensor
+    num_bytes: int
+
+    @property
+    def num_predicted(self) -> int:
+        return int(self.ids.numel()) - 1
+
+
+def _char_byte_prefix(text: str) -> np.ndarray:
+    """prefix[k] = UTF-8 bytes of text[:k] (length len(text) + 1), without a Python loop over characters."""
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    widths = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
+    return np.concatenate([[0], np.cumsum(widths)])
+
+
+def _token_bytes(text: str, offsets) -> np.ndarray:
+    """UTF-8 bytes covered by each token of ``text`` given its (start, end) character offsets."""
+    n = len(offsets)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.array([s for s, _ in offsets], dtype=np.int64)
+    # Tokenizers keep offsets monotonic; the running max guards against one that does not.
+    starts = np.maximum.accumulate(starts)
+    starts[0] = 0
+    bounds = np.concatenate([starts, [len(text)]])
+    prefix = _char_byte_prefix(text)
+    return prefix[bounds[1:]] - prefix[bounds[:-1]]
+
+
+def build_stream(tokenizer, documents: list[str], max_tokens: int | None = None,
+                 chunk_docs: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [N], bytes [N]) of the documents joined by EOS; stops tokenising once ``max_tokens`` are reached."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("evaluation needs a fast (Rust) Hugging Face tokenizer: its character offsets give the "
+                        "exact bytes per token; load it with AutoTokenizer.from_pretrained(..., use_fast=True)")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id: documents are joined with EOS; set tokenizer.eos_token")
+    ids: list[int] = []
+    nbytes: list[np.ndarray] = []
+    for start in range(0, len(documents), chunk_docs):
+        chunk = documents[start:start + chunk_docs]
+        enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+        for text, doc_ids, offsets in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
+            if ids:
+                ids.append(eos)
+                nbytes.append(np.zeros(1, dtype=np.int64))
+            ids.extend(doc_ids)
+            nbytes.append(_token_bytes(text, offsets))
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    if not ids:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.tensor(ids, dtype=torch.long), torch.from_numpy(np.concatenate(nbytes)).long()
+
+
+def make_windows(tokenizer, documents: list[str], seq_length: int, max_windows: int = 0) -> list[Window]:
+    """The first ``max_windows`` (0: all) non-overlapping windows; a final partial window counts if it predicts >= 1 token."""
+    if seq_length < 2:
+        raise ValueError(f"seq_length must be >= 2 (one context token and one predicted), got {seq_length}")
+    limit = max_windows * seq_length if max_windows else None
+    ids, nbytes = build_stream(tokenizer, documents, max_tokens=limit)
+    if limit is not None:
+        ids, nbytes = ids[:limit], nbytes[:limit]
+    windows = []
+    for start in range(0, ids.numel(), seq_length):
+        w_ids = ids[start:start + seq_length]
+        if w_ids.numel() < 2:
+            break
+        # The window's first token is context only: bytes of tokens 1..n-1.
+        windows.append(Window(w_ids, int(nbytes[start + 1:start + seq_length].sum())))
+    return windows

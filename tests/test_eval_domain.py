@@ -1,0 +1,126 @@
+"""Per-domain evaluation equals a hand computation on a tiny random Llama; absent and empty domains are clear."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_eval_fixtures import MULTI, TEXTS, build_model_folder, build_tokenizer, write_corpus
+
+from megadrp.eval import loading
+from megadrp.eval.domain_eval import evaluate_domains, evaluate_models
+from megadrp.eval.heldout import load_heldout
+from megadrp.eval.windows import _token_bytes
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    model, tok = build_model_folder(folder)
+    return folder, model, tok
+
+
+def hand_numbers(model, tok, docs, seq_length, max_windows):
+    """Plain torch: tokenize the EOS-joined text once, cut windows, sum cross-entropy, count decoded bytes."""
+    ids = tok(tok.eos_token.join(docs), add_special_tokens=False)["input_ids"]
+    if max_windows:
+        ids = ids[:seq_length * max_windows]
+    nats, tokens, nbytes = 0.0, 0, 0
+    for start in range(0, len(ids), seq_length):
+        w = torch.tensor(ids[start:start + seq_length])
+        if w.numel() < 2:
+            break
+        with torch.no_grad():
+            logits = model(w[None]).logits[0]
+        nats += F.cross_entropy(logits[:-1].double(), w[1:], reduction="sum").item()
+        tokens += w.numel() - 1
+        nbytes += len(tok.decode(w[1:].tolist(), skip_special_tokens=True).encode("utf-8"))
+    return nats, tokens, nbytes
+
+
+@pytest.mark.parametrize("seq_length,max_windows", [(16, 3), (24, 0)])
+def test_matches_hand_computation(tiny, seq_length, max_windows):
+    folder, model, tok = tiny
+    res = evaluate_domains(model, tok, TEXTS, seq_length=seq_length, max_windows=max_windows, batch_size=2)
+    for name, docs in TEXTS.items():
+        nats, tokens, nbytes = hand_numbers(model, tok, docs, seq_length, max_windows)
+        r = res["domains"][name]
+        assert r["tokens"] == tokens and r["bytes"] == nbytes
+        assert r["loss"] == pytest.approx(nats / tokens, rel=1e-5)
+        assert r["bits_per_byte"] == pytest.approx(nats / (math.log(2) * nbytes), rel=1e-5)
+        assert r["perplexity"] == pytest.approx(math.exp(nats / tokens), rel=1e-5)
+    if max_windows:
+        assert all(r["windows"] == max_windows for r in res["domains"].values())
+    # A random model over ~400 tokens is near-uniform: loss close to ln(vocab).
+    assert res["domains"]["prose"]["loss"] == pytest.approx(math.log(len(tok)), rel=0.1)
+    worst = max(res["domains"], key=lambda d: res["domains"][d]["bits_per_byte"])
+    assert res["worst"]["domain"] == worst
+    assert res["average"]["bits_per_byte"] == pytest.approx(
+        sum(r["bits_per_byte"] for r in res["domains"].values()) / 2)
+
+
+def test_folder_callable_and_forward_fn_agree(tiny):
+    folder, model, tok = tiny
+    base = evaluate_domains(model, tok, TEXTS, seq_length=16, max_windows=2)
+    from_path = evaluate_domains(str(folder), None, TEXTS, seq_length=16, max_windows=2, device="cpu")
+    masked_like = evaluate_domains(None, tok, TEXTS, seq_length=16, max_windows=2, device="cpu",
+                                   forward_fn=lambda ids: model(input_ids=ids).logits)
+    for other in (from_path, masked_like):
+        for d in TEXTS:
+            assert other["domains"][d]["loss"] == pytest.approx(base["domains"][d]["loss"], rel=1e-5)
+            assert other["domains"][d]["bytes"] == base["domains"][d]["bytes"]
+
+
+def test_token_bytes_tile_multibyte_text(tmp_path):
+    tok = build_tokenizer(tmp_path / "tok")
+    enc = tok(MULTI, add_special_tokens=False, return_offsets_mapping=True)
+    per_token = _token_bytes(MULTI, enc["offset_mapping"])
+    assert per_token.sum() == len(MULTI.encode("utf-8"))
+    assert (per_token >= 0).all() and len(per_token) == len(enc["input_ids"])
+
+
+def test_compare_two_models_on_same_windows(tmp_path, tiny):
+    folder, model, tok = tiny
+    other, _ = build_model_folder(tmp_path / "other", seed=1, num_layers=1)
+    res = evaluate_models({"source": str(folder), "pruned": str(tmp_path / "other")}, TEXTS, seq_length=16,
+                          max_windows=2, device="cpu")
+    assert set(res) == {"source", "pruned"}
+    for d in TEXTS:
+        assert res["source"]["domains"][d]["bytes"] == res["pruned"]["domains"][d]["bytes"]
+        assert res["source"]["domains"][d]["loss"] != res["pruned"]["domains"][d]["loss"]
+
+
+def test_empty_and_absent_domains(tmp_path, tiny):
+    folder, model, tok = tiny
+    corpus = write_corpus(tmp_path / "corpus", {"prose": TEXTS["prose"], "empty": []})
+    texts = load_heldout(corpus)
+    assert texts["empty"] == [] and len(texts["prose"]) == 3
+    res = evaluate_domains(model, tok, texts, seq_length=16, max_windows=1)
+    assert list(res["domains"]) == ["prose"] and "no held-out text" in res["skipped"]["empty"]
+    assert res["worst"]["domain"] == "prose"
+    with pytest.raises(FileNotFoundError, match=r"'legal'.*available: \['empty', 'prose'\]"):
+        load_heldout(corpus, ["prose", "legal"])
+    with pytest.raises(FileNotFoundError, match="heldout"):
+        load_heldout(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluate_domains(model, tok, {"empty": [], "blank": [""]}, seq_length=16)
+
+
+def test_max_bytes_caps_each_domain(tmp_path):
+    corpus = write_corpus(tmp_path / "c", {"multi": [MULTI, MULTI]})
+    texts = load_heldout(corpus, max_bytes=20)
+    assert sum(len(t.encode()) for t in texts["multi"]) <= 20 and MULTI.startswith(texts["multi"][0])
+
+
+def test_checkpoint_without_export_says_what_to_run(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run" / "checkpoints" / "step_10"
+    ckpt.mkdir(parents=True)
+    (ckpt / "megadrp_state.pt").write_bytes(b"")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_10")
+    monkeypatch.setattr(loading, "_export_function", lambda: None)
+    for path in (ckpt, tmp_path / "run"):
+        with pytest.raises(RuntimeError, match="megadrp export"):
+            loading.resolve_model_dir(path, tmp_path / "scratch")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        loading.resolve_model_dir(tmp_path, tmp_path / "scratch")
