@@ -1,0 +1,126 @@
+"""The model-family registry: per family its HF names, its explicit state-dict key map and a tiny debug shape.
+
+Adding a family is adding an entry here, not branching in the model. Internal parameter names are
+megadrp's own (see MaskedCausalLM); every HF key is listed explicitly so an unknown or missing key is an error
+rather than a silently random weight.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+
+from megadrp.model.shape import ModelShape
+
+# internal name -> HF name; "{i}" is the layer index.
+_GLOBAL_KEYS = {
+    "embed_tokens.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_LAYER_KEYS = {
+    "layers.{i}.input_layernorm.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.self_attn.q_weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.self_attn.k_weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.self_attn.v_weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.self_attn.o_weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.post_attention_layernorm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.mlp.gate_weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.mlp.up_weight": "model.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.mlp.down_weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+_QKV_BIAS_KEYS = {
+    "layers.{i}.self_attn.q_bias": "model.layers.{i}.self_attn.q_proj.bias",
+    "layers.{i}.self_attn.k_bias": "model.layers.{i}.self_attn.k_proj.bias",
+    "layers.{i}.self_attn.v_bias": "model.layers.{i}.self_attn.v_proj.bias",
+}
+# Keys some checkpoints carry that hold no weights (old transformers saved the RoPE buffer).
+_IGNORED_HF_KEYS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+_LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_type: str  # config.json model_type
+    config_class: str  # transformers config class name
+    architecture: str  # transformers CausalLM class name (config.json "architectures")
+    qkv_bias: bool
+    debug_shape: ModelShape
+    config_defaults: dict = field(default_factory=dict)  # written into exported config.json
+
+    def key_map(self, num_layers: int, tie_word_embeddings: bool) -> Dict[str, str]:
+        """Explicit internal -> HF key map for a model of this many layers."""
+        keys = {k: v for k, v in _GLOBAL_KEYS.items() if not (tie_word_embeddings and k == "lm_head.weight")}
+        layer_keys = dict(_LAYER_KEYS, **(_QKV_BIAS_KEYS if self.qkv_bias else {}))
+        for i in range(num_layers):
+            keys.update({k.format(i=i): v.format(i=i) for k, v in layer_keys.items()})
+        return keys
+
+    def hf_to_internal(self, hf_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """HF state dict -> MaskedCausalLM state dict. A tied checkpoint (no lm_head.weight) gets the
+        embedding as lm_head.weight, as the model ties them. Missing or unexpected keys raise."""
+        layers = {int(m.group(1)) for k in hf_sd if (m := _LAYER_INDEX.match(k))}
+        num_layers = max(layers) + 1 if layers else 0
+        tied = "lm_head.weight" not in hf_sd
+        kmap = self.key_map(num_layers, tied)
+        wanted = set(kmap.values())
+        unexpected = sorted(k for k in hf_sd if k not in wanted and not _IGNORED_HF_KEYS.fullmatch(k))
+        missing = sorted(v for v in wanted if v not in hf_sd)
+        if unexpected or missing:
+            raise KeyError(f"{self.name} checkpoint does not match the {self.name} key map: "
+                           f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                           f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+        out = {ik: hf_sd[hk] for ik, hk in kmap.items()}
+        if tied:
+            out["lm_head.weight"] = out["embed_tokens.weight"]
+        return out
+
+    def internal_to_hf(self, internal_sd: Dict[str, torch.Tensor],
+                       tie_word_embeddings: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+        """MaskedCausalLM state dict -> HF state dict. With tied embeddings lm_head.weight is left out.
+        tie_word_embeddings=None infers it: lm_head absent, or sharing the embedding's storage."""
+        if tie_word_embeddings is None:
+            lm, emb = internal_sd.get("lm_head.weight"), internal_sd["embed_tokens.weight"]
+            tie_word_embeddings = lm is None or (lm.data_ptr() == emb.data_ptr() and lm.shape == emb.shape)
+        layers = {int(k.split(".")[1]) for k in internal_sd if k.startswith("layers.")}
+        kmap = self.key_map(max(layers) + 1 if layers else 0, tie_word_embeddings)
+        missing = sorted(k for k in kmap if k not in internal_sd)
+        if missing:
+            raise KeyError(f"internal state dict lacks {missing[:8]}")
+        return {hk: internal_sd[ik] for ik, hk in kmap.items()}
+
+
+def _debug(**kw) -> ModelShape:
+    base = dict(vocab_size=512, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                intermediate_size=128, num_hidden_layers=4, rms_norm_eps=1e-6, max_position_embeddings=512)
+    base.update(kw)
+    return ModelShape(**base)
+
+
+FAMILIES: Dict[str, Family] = {
+    "llama": Family("llama", "llama", "LlamaConfig", "LlamaForCausalLM", qkv_bias=False, debug_shape=_debug()),
+    "mistral": Family("mistral", "mistral", "MistralConfig", "MistralForCausalLM", qkv_bias=False,
+                      debug_shape=_debug(), config_defaults={"sliding_window": None}),
+    "qwen2": Family("qwen2", "qwen2", "Qwen2Config", "Qwen2ForCausalLM", qkv_bias=True,
+                    debug_shape=_debug(attention_bias=True, rope_theta=1e6),
+                    config_defaults={"use_sliding_window": False, "sliding_window": None}),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unsupported model family {name!r}; supported families: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_for_config(cfg: dict) -> Family:
+    """The family of a config.json dict, from its model_type."""
+    mt = cfg.get("model_type")
+    for fam in FAMILIES.values():
+        if fam.model_type == mt:
+            return fam
+    raise ValueError(f"unsupported model_type {mt!r} in config.json; supported families: "
+                     f"{', '.join(f.model_type for f in FAMILIES.values())}")
