@@ -123,6 +123,8 @@ class DroConfig:
     dynamic_reference_loss: bool = opt(True, "Fit l(D, s) = A D^-a s^-b + E and lower the references to its prediction.")
     dynamic_ratio: bool = opt(True, "Move the reference ratio towards the DRO weights (EMA 0.1, clamped to [p0/2, 2p0]).")
     sheared_smoothing: float = opt(1e-4, "Uniform smoothing c of Sheared-LLaMA's rule: (1-c) w + c/k.")
+    fit_in_background: bool = opt(True, "Run the reference-loss fit in a background thread launched at one update and "
+                                  "consumed at the next (same result as in the foreground, off the step path).")
 
     def check(self, prefix: str = "dro"):
         _positive(f"{prefix}.update_interval", self.update_interval)
@@ -191,11 +193,14 @@ class LoggingConfig:
     wandb_mode: str = opt("offline", "wandb mode; 'offline' writes a local run, 'disabled' writes nothing.",
                           choices=("offline", "online", "disabled"))
     wandb_project: str = opt("megadrp", "wandb project name.")
+    peak_tflops: float = opt(0.0, "Peak TFLOP/s of one device for the MFU estimate; 0 looks the GPU up in a table "
+                             "(megadrp/trainer/mfu.py) and reports n/a on CPU.")
 
     def check(self, prefix: str = "logging"):
         _positive(f"{prefix}.log_interval", self.log_interval)
         _positive(f"{prefix}.eval_interval", self.eval_interval, allow_zero=True)
         _positive(f"{prefix}.eval_batches", self.eval_batches)
+        _positive(f"{prefix}.peak_tflops", self.peak_tflops, allow_zero=True)
 
 
 @dataclass

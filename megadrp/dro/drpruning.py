@@ -1,0 +1,199 @@
+"""DRPruning's rule: chi-square DRO over per-domain excess loss, with a dynamic reference loss and ratio.
+
+Per step: an EMA (factor ``ema``, new observation weighted ``ema``) of each domain's training loss,
+started from the domain's first observation (not 0). Per update: excess r = l_hat - l_ref; q = the
+chi-square-ball worst case around the reference ratio p (``chi2_dro_weights``), floored at
+q_i >= min_ratio p_i. If every r < 0, the references are scaled by 0.9, 0.8, ... (for this update only)
+until some r > 0. A domain never observed yet gets the p-weighted mean excess of the others (neutral).
+
+Dynamic reference loss: from 2% of training each update records, per domain seen in the interval,
+(D_i tokens seen, kept fraction 1 - sparsity, mean loss over the interval), thinning to at most 64 points
+(every other point, newest kept) so the record spans the whole run. From 10% each update launches a fit of
+l(D, s) = A D^-alpha s^-beta + E per domain (no s term without a target sparsity, i.e. in CPT) on a
+snapshot of that record; the result is consumed at the *next* update: l_ref_i = min(l_ref_i, prediction)
+with the prediction at the end of training (D_i scaled to total steps, s at the target) clipped below at
+the lowest loss observed. With ``fit_in_background`` the fit runs in a thread between the two updates, off
+the training step's path; otherwise it runs at launch. Either way the result used at update j is the one
+launched at update j-1 from the same global data, so both modes give identical weights. Every rank fits
+the same data; the references are then broadcast from rank 0 with the weights.
+
+Dynamic ratio: from 20%, p <- 0.9 p + 0.1 q, clamped to [p0/2, 2 p0], renormalised.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .base import DomainReweighter, _t
+from .chi2 import chi2_dro_weights
+from .scaling_fit import predict_reference
+
+RECORD_FROM, FIT_FROM, RATIO_FROM = 0.02, 0.10, 0.20
+MAX_POINTS = 64
+RATIO_EMA = 0.1
+REF_SCALES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+
+
+def run_reference_fit(snapshot: dict) -> np.ndarray:
+    """Pure function of a fit snapshot: predicted end-of-training loss per domain (NaN where no fit)."""
+    end_kept = snapshot["end_kept"]
+    preds = []
+    for rows, end_tokens, lowest in zip(snapshot["history"], snapshot["end_tokens"].tolist(),
+                                        snapshot["min_loss"].tolist()):
+        rows = rows.double().numpy()
+        pred = None
+        if len(rows) and end_tokens > 0:
+            kept = None if end_kept is None else rows[:, 1]
+            pred = predict_reference(rows[:, 0], rows[:, 2], kept, end_tokens, end_kept, lowest)
+        preds.append(np.nan if pred is None else pred)
+    return np.asarray(preds, dtype=np.float64)
+
+
+class _PendingFit:
+    """A fit launched at one update and collected at the next; in a thread or computed at once."""
+
+    def __init__(self, snapshot: dict, background: bool):
+        self.snapshot = snapshot
+        self._result: Optional[np.ndarray] = None
+        self._error: Optional[BaseException] = None
+        self._thread = None
+        if background:
+            # Not a daemon: the interpreter then waits for a fit in flight instead of killing it mid-scipy.
+            self._thread = threading.Thread(target=self._run, name="megadrp-dro-fit", daemon=False)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self):
+        try:
+            self._result = run_reference_fit(self.snapshot)
+        except BaseException as exc:  # surfaced in result(), on the training thread
+            self._error = exc
+
+    def result(self) -> np.ndarray:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("reference-loss fit failed") from self._error
+        return self._result
+
+
+class DRPruningReweighter(DomainReweighter):
+    name = "drpruning"
+    _synced = ("_weights", "ref", "ratio")
+
+    def __init__(self, domains: Sequence[str], ratio: np.ndarray, update_interval: int, total_steps: int,
+                 reference_losses: Optional[Sequence[float]] = None, rho: float = 0.1, min_ratio: float = 0.2,
+                 ema: float = 0.1, dynamic_reference_loss: bool = True, dynamic_ratio: bool = True,
+                 target_sparsity: Optional[float] = None, fit_in_background: bool = True, group=None):
+        super().__init__(domains, ratio, update_interval, total_steps, group)
+        k = self.num_domains
+        self.rho, self.min_ratio, self.ema_factor = float(rho), float(min_ratio), float(ema)
+        self.dynamic_reference_loss, self.dynamic_ratio = bool(dynamic_reference_loss), bool(dynamic_ratio)
+        self.target_sparsity = target_sparsity
+        self.fit_in_background = bool(fit_in_background)
+        self.ema = np.full(k, np.nan)
+        self.ref = (np.full(k, np.nan) if reference_losses is None
+                    else np.asarray(reference_losses, dtype=np.float64).copy())
+        if self.ref.shape != (k,):
+            raise ValueError(f"need one reference loss per domain ({k}), got {reference_losses}")
+        self.ratio = ratio.copy()
+        self.history = [np.zeros((0, 3)) for _ in range(k)]  # rows: tokens seen, kept fraction, loss
+        self.min_loss = np.full(k, np.inf)
+        self.last_excess = np.zeros(k)
+        self.ref_scale = 1.0
+        self._pending: Optional[_PendingFit] = None
+
+    def _observe(self, step: int, mean: np.ndarray, present: np.ndarray):
+        first = present & np.isnan(self.ema)
+        again = present & ~first
+        self.ema[first] = mean[first]
+        self.ema[again] = (1.0 - self.ema_factor) * self.ema[again] + self.ema_factor * mean[again]
+        # Without given references, the source model's own loss (its first observation) is the reference.
+        unset = present & np.isnan(self.ref)
+        self.ref[unset] = mean[unset]
+
+    def _kept(self) -> float:
+        return 1.0 if self.sparsity is None else 1.0 - self.sparsity
+
+    def _record(self):
+        mean, present = self.interval_means()
+        for i in np.flatnonzero(present):
+            row = np.array([[self.tokens_seen[i], self._kept(), mean[i]]])
+            rows = np.concatenate([self.history[i], row])
+            if len(rows) > MAX_POINTS:
+                rows = rows[::-1][::2][::-1]
+            self.history[i] = rows
+            self.min_loss[i] = min(self.min_loss[i], mean[i])
+
+    def _snapshot(self, step: int) -> dict:
+        end_kept = None if self.target_sparsity is None else 1.0 - float(self.target_sparsity)
+        return {"step": step, "history": [_t(h) for h in self.history],
+                "end_tokens": _t(self.tokens_seen * self.total_steps / max(step, 1)), "end_kept": end_kept,
+                "min_loss": _t(self.min_loss)}
+
+    def _refresh_references(self, step: int):
+        frac = step / self.total_steps
+        if frac >= RECORD_FROM:
+            self._record()
+        if self._pending is not None:
+            pred = self._pending.result()
+            self._pending = None
+            ok = np.isfinite(pred)
+            self.ref[ok] = np.fmin(self.ref[ok], pred[ok])  # fmin: a NaN (unset) reference takes the prediction
+        if frac >= FIT_FROM:
+            self._pending = _PendingFit(self._snapshot(step), self.fit_in_background)
+
+    def excess(self) -> np.ndarray:
+        """r = l_hat - l_ref (after the all-negative scaling); unobserved domains get the mean excess."""
+        seen = np.isfinite(self.ema) & np.isfinite(self.ref)
+        self.ref_scale = 1.0
+        r = self.ema - self.ref
+        if seen.any() and np.all(r[seen] < 0):
+            for scale in REF_SCALES:
+                self.ref_scale = scale
+                r = self.ema - scale * self.ref
+                if np.any(r[seen] > 0):
+                    break
+        neutral = float(np.sum(self.ratio[seen] * r[seen]) / np.sum(self.ratio[seen])) if seen.any() else 0.0
+        return np.where(seen, r, neutral)
+
+    def _update(self, step: int) -> np.ndarray:
+        if self.dynamic_reference_loss:
+            self._refresh_references(step)
+        if not np.any(np.isfinite(self.ema) & np.isfinite(self.ref)):
+            return self._weights  # nothing observed yet: keep the mix
+        r = self.excess()
+        self.last_excess = r
+        q = chi2_dro_weights(r, self.ratio, self.rho, self.min_ratio)
+        if self.dynamic_ratio and step / self.total_steps >= RATIO_FROM:
+            p = (1.0 - RATIO_EMA) * self.ratio + RATIO_EMA * q
+            p = np.clip(p, self.initial / 2.0, 2.0 * self.initial)
+            self.ratio = p / p.sum()
+        return q
+
+    def log_stats(self):
+        stats = super().log_stats()
+        stats["dro/ref_scale"] = self.ref_scale
+        for name, vec in (("ema", self.ema), ("ref", self.ref), ("excess", self.last_excess), ("ratio", self.ratio)):
+            stats.update({f"dro/{name}/{d}": float(x) for d, x in zip(self.domains, vec)})
+        return stats
+
+    def _rule_state(self) -> dict:
+        pending = None if self._pending is None else self._pending.snapshot
+        return {"ema": _t(self.ema), "ref": _t(self.ref), "ratio": _t(self.ratio),
+                "history": [_t(h) for h in self.history], "min_loss": _t(self.min_loss),
+                "last_excess": _t(self.last_excess), "ref_scale": self.ref_scale, "pending_fit": pending}
+
+    def _load_rule_state(self, state: dict):
+        arr = lambda t: t.double().numpy().copy()  # noqa: E731
+        self.ema, self.ref, self.ratio = arr(state["ema"]), arr(state["ref"]), arr(state["ratio"])
+        self.history = [arr(h).reshape(-1, 3) for h in state["history"]]
+        self.min_loss, self.last_excess = arr(state["min_loss"]), arr(state["last_excess"])
+        self.ref_scale = float(state["ref_scale"])
+        # A fit in flight at save time is relaunched from its snapshot: same inputs, same result.
+        snap = state["pending_fit"]
+        self._pending = None if snap is None else _PendingFit(snap, self.fit_in_background)
