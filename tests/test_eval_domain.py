@@ -124,3 +124,34 @@ def test_checkpoint_without_export_says_what_to_run(tmp_path, monkeypatch):
             loading.resolve_model_dir(path, tmp_path / "scratch")
     with pytest.raises(FileNotFoundError, match="neither"):
         loading.resolve_model_dir(tmp_path, tmp_path / "scratch")
+
+
+def test_checkpoint_is_exported_then_evaluated(tmp_path, tiny, monkeypatch):
+    """A run dir resolves to checkpoints/<latest>, goes through megadrp.export's export_checkpoint, then scores."""
+    import shutil
+
+    folder, model, tok = tiny
+    ckpt = tmp_path / "run" / "checkpoints" / "step_7"
+    ckpt.mkdir(parents=True)
+    (ckpt / "megadrp_state.pt").write_bytes(b"")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_7")
+    calls = []
+
+    def fake_export(src, out):
+        calls.append(src)
+        shutil.copytree(folder, out, dirs_exist_ok=True)
+
+    monkeypatch.setattr(loading, "_export_function", lambda: fake_export)
+    res = evaluate_domains(str(tmp_path / "run"), None, TEXTS, seq_length=16, max_windows=1, device="cpu")
+    assert calls == [str(ckpt)]
+    base = evaluate_domains(model, tok, TEXTS, seq_length=16, max_windows=1)
+    assert res["domains"]["code"]["loss"] == pytest.approx(base["domains"]["code"]["loss"], rel=1e-5)
+
+
+def test_other_family_from_shared_tiny_models(tmp_path):
+    from tiny_models import make_tiny_hf_model
+
+    path = make_tiny_hf_model(tmp_path, "qwen2", num_key_value_heads=2, seed=0)
+    res = evaluate_domains(str(path), None, TEXTS, seq_length=32, max_windows=2, device="cpu")
+    assert set(res["domains"]) == set(TEXTS)
+    assert all(0 < r["bits_per_byte"] < 20 and r["tokens"] == 62 for r in res["domains"].values())

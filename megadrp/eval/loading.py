@@ -19,7 +19,9 @@ def find_checkpoint(path) -> Path | None:
     if (path / STATE_FILE).is_file():
         return path
     latest = path / "checkpoints" / "latest"
-    if latest.is_file():
+    if latest.is_dir():  # a symlink to the newest step_N
+        return find_checkpoint(latest.resolve())
+    if latest.is_file():  # a file holding the step folder's name
         step_dir = path / "checkpoints" / latest.read_text().strip()
         if (step_dir / STATE_FILE).is_file():
             return step_dir
@@ -27,15 +29,15 @@ def find_checkpoint(path) -> Path | None:
 
 
 def _export_function():
-    """The export entry point of megadrp.export, whichever of the usual names it has, or None."""
-    try:
-        module = importlib.import_module("megadrp.export")
-    except ModuleNotFoundError as err:
-        if (err.name or "").startswith("megadrp"):
-            return None
-        raise
-    for name in ("export_checkpoint", "export", "export_hf"):
-        fn = getattr(module, name, None)
+    """``export_checkpoint(ckpt, out_dir)`` of megadrp.export (its api module or the package), or None."""
+    for module_name in ("megadrp.export.api", "megadrp.export"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if (err.name or "").startswith("megadrp"):
+                continue
+            raise
+        fn = getattr(module, "export_checkpoint", None)
         if callable(fn) and not inspect.ismodule(fn):
             return fn
     return None

@@ -10,7 +10,9 @@ def _fmt(value, pattern: str) -> str:
 
 
 def markdown_table(results: dict[str, dict], metric: str = "bits_per_byte") -> str:
-    """One table of ``metric`` for ``{label: evaluate_domains result}``; a single result may be passed bare."""
+    """One table of ``metric`` for ``{label: evaluate_domains result}``; a single result, or a whole
+    ``megadrp eval`` JSON (``{"models": {...}}``), may be passed too."""
+    results = results.get("models", results)
     if "domains" in results:
         results = {"model": results}
     title, pattern = METRICS[metric]
