@@ -97,9 +97,12 @@ def test_spec_file_reads_back_and_ours_reads_in_spec_reader(tmp_path):
 def test_multi_sequence_documents(tmp_path):
     """Megatron's sentence-split output: a document is the concatenation of its sequences."""
     with IndexedDatasetWriter(tmp_path / "s", np.uint16) as w:
-        w.add_item([1, 2]); w.add_item([3]); w.end_document()
+        w.add_item([1, 2])
+        w.add_item([3])
+        w.end_document()
         w.end_document()  # a document without sequences
-        w.add_item([4, 5, 6]); w.end_document()
+        w.add_item([4, 5, 6])
+        w.end_document()
     ds = IndexedDataset(tmp_path / "s")
     assert len(ds) == 3
     assert ds[0].tolist() == [1, 2, 3] and ds[1].tolist() == [] and ds[2].tolist() == [4, 5, 6]
