@@ -174,3 +174,17 @@ def prune_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], shape,
     if unknown:
         raise ExportError(f"do not know how to prune {unknown[:4]} ({len(unknown)} tensors)")
     return {k: v.contiguous() for k, v in out.items()}, target
+
+
+def prune_state_dict(internal_sd: Mapping[str, torch.Tensor], source_shape, family,
+                     masks: Optional[Mapping[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], Any]:
+    """MaskedCausalLM state dict -> (pruned HF state dict, achieved ModelShape) for ``family``.
+
+    Keys go through the family registry's explicit map first, so an unknown or missing weight is an
+    error; ``masks=None`` (a dense ``cpt`` checkpoint) only converts names.
+    """
+    from megadrp.model.families import get_family
+
+    fam = get_family(family) if isinstance(family, str) else family
+    hf_sd = fam.internal_to_hf(dict(internal_sd), tie_word_embeddings=bool(source_shape.tie_word_embeddings))
+    return prune_hf_state_dict(hf_sd, source_shape, masks)

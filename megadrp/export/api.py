@@ -1,0 +1,177 @@
+"""Export entry points: a checkpoint (``export_checkpoint``) or an in-process state dict (``export_from_model``).
+
+Both go through the same path: deterministic masks -> reachability check against the target shape ->
+``prune_state_dict`` -> atomic HF folder (config, safetensors, tokenizer, generation config, model card)
+-> optional Hub upload.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from megadrp.export.card import base_model_id, build_model_card, source_license
+from megadrp.export.checkpoint import load_checkpoint_for_export
+from megadrp.export.prune import ExportError, kept_counts, prune_state_dict
+from megadrp.export.writer import (AtomicFolder, copy_tokenizer, hf_config, save_generation_config, save_weights,
+                                   torch_dtype)
+
+log = logging.getLogger(__name__)
+SHAPE_TARGETS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                 "num_hidden_layers")
+
+
+def expected_shape(source, target: Optional[Mapping[str, Any]]) -> dict[str, int]:
+    """The five numbers a ``pruning.target`` dict resolves to (megadrp.masks' rules; null keeps the source's)."""
+    from megadrp.config.schema import ConfigError, TargetShape
+    from megadrp.masks.target import resolve_target
+
+    try:
+        resolved = resolve_target(source, TargetShape(**dict(target or {})))
+    except (ConfigError, TypeError) as err:
+        raise ExportError(f"the checkpoint's target shape {dict(target or {})} is invalid: {err}") from err
+    return {name: getattr(resolved, name) for name in SHAPE_TARGETS}
+
+
+def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, target) -> None:
+    """Refuse masks whose kept units differ from the target shape, naming every count that is off."""
+    want = expected_shape(source, target)
+    got = kept_counts(masks or {}, source)
+    rep = source.num_attention_heads // source.num_key_value_heads
+    got["num_attention_heads"] = [g * rep for g in got["num_key_value_heads"]]
+    problems = []
+    for name in SHAPE_TARGETS:
+        have = got[name] if isinstance(got[name], list) else [got[name]]
+        if have != [want[name]]:
+            problems.append(f"{name}: target {want[name]}, masks keep {have if len(have) > 1 else have[0]} "
+                            f"(source {getattr(source, name)})")
+    if problems:
+        raise ExportError("the checkpoint's masks cannot reach the target shape: " + "; ".join(problems)
+                          + ". Was pruning.target changed after training, or is a mask family missing?")
+
+
+def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, torch.Tensor]]:
+    """Deterministic export masks of a prune checkpoint (None for dense cpt/dress checkpoints)."""
+    if state.get("mode") != "prune" or state.get("masks") is None:
+        return None
+    from megadrp.config.schema import TargetShape
+    from megadrp.masks import MaskSet
+
+    target = _target_dict(state)
+    try:
+        maskset = MaskSet(source, TargetShape(**target))
+        maskset.load_state_dict(state["masks"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        have = {k: tuple(v.shape) for k, v in state["masks"].items() if hasattr(v, "shape")}
+        raise ExportError(f"the checkpoint's masks {have} do not fit the source {source.to_dict()} and target "
+                          f"{target}: {err}") from err
+    with torch.no_grad():
+        return {k: v.detach().float().cpu() for k, v in maskset.deterministic().items()}
+
+
+def _target_dict(state: Mapping[str, Any]) -> dict:
+    return dict(((state.get("config") or {}).get("pruning") or {}).get("target") or {})
+
+
+def _num_params(hf_sd: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in hf_sd.values())
+
+
+def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: Optional[Mapping[str, torch.Tensor]],
+                      source_shape, family, out_dir, tokenizer_src=None, *, dtype: str = "bfloat16",
+                      max_shard_size: str | int = "5GB", target: Optional[Mapping[str, Any]] = None,
+                      source_model_dir: Optional[str] = None, card_info: Optional[dict] = None,
+                      push_to_hub: Optional[str] = None, private: bool = False, progress: bool = True) -> Path:
+    """Prune a MaskedCausalLM state dict with ``masks`` and write the HF folder ``out_dir``.
+
+    ``masks``: deterministic masks (float, exact zeros for pruned units), keep-indices (integer tensors:
+    [k] for layer/hidden, [L, k] per layer for head/intermediate), or None for a dense export. With
+    ``target`` (a ``pruning.target`` dict) the masks must reach it exactly.
+    """
+    torch_dtype(dtype)  # fail on a bad dtype before any work
+    family_name = family if isinstance(family, str) else family.name
+    if target is not None:
+        check_reaches_target(masks, source_shape, target)
+    hf_sd, achieved = prune_state_dict(model_state_internal, source_shape, family_name, masks)
+    from megadrp.model.families import get_family
+
+    info = dict(card_info or {})
+    info.update(family=family_name, architecture=get_family(family_name).architecture,
+                source_shape=source_shape.to_dict(), achieved_shape=achieved.to_dict(),
+                target_shape=expected_shape(source_shape, target) if target is not None else None,
+                num_params=_num_params(hf_sd), source_num_params=source_shape.num_params(),
+                tie_word_embeddings=achieved.tie_word_embeddings, source_tied=source_shape.tie_word_embeddings,
+                name=info.get("name") or Path(out_dir).name)
+    info.setdefault("source", source_model_dir)
+    info.setdefault("base_model", base_model_id(source_model_dir))
+    info.setdefault("license", source_license(source_model_dir))
+    with AtomicFolder(out_dir) as tmp:
+        config = hf_config(achieved, family_name, dtype)
+        config.save_pretrained(tmp)
+        save_weights(hf_sd, tmp, dtype, max_shard_size, progress=progress)
+        if copy_tokenizer([tokenizer_src, source_model_dir], tmp) is None:
+            log.warning("no tokenizer files found in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
+        save_generation_config(config, Path(source_model_dir) if source_model_dir else None, tmp)
+        build_model_card(info).save(tmp / "README.md")
+        (tmp / "megadrp_export.json").write_text(json.dumps(
+            {k: info[k] for k in ("family", "source_shape", "achieved_shape", "target_shape", "num_params",
+                                  "source_num_params", "step", "tokens_seen", "mode") if k in info},
+            indent=2, default=str) + "\n")
+    out = Path(out_dir).absolute()
+    if push_to_hub:
+        from megadrp.export.hub import push_folder
+
+        push_folder(out, push_to_hub, private=private)
+    return out
+
+
+def _eval_results(ckpt: Path, eval_json: Optional[str]) -> Optional[dict]:
+    """An explicit eval JSON, else RUN_DIR/eval.json of the checkpoint's run (RUN_DIR/checkpoints/step_N)."""
+    candidates = [Path(eval_json)] if eval_json else [ckpt.parent.parent / "eval.json"]
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text())
+    if eval_json:
+        raise ExportError(f"--eval-json {eval_json} does not exist")
+    return None
+
+
+def export_checkpoint(ckpt_or_run_dir, out_dir, dtype: str = "bfloat16", max_shard_size: str | int = "5GB",
+                      push_to_hub: Optional[str] = None, private: bool = False, eval_json: Optional[str] = None,
+                      progress: bool = True) -> Path:
+    """Export a prune/cpt/dress checkpoint (or RUN_DIR, via checkpoints/latest) into the HF folder ``out_dir``."""
+    from megadrp.model.shape import ModelShape
+
+    torch_dtype(dtype)
+    internal_sd, state = load_checkpoint_for_export(ckpt_or_run_dir)
+    ckpt = Path(state["checkpoint_dir"])
+    source = state["source_shape"]
+    source = ModelShape.from_dict(source) if isinstance(source, dict) else source
+    masks = masks_from_state(state, source)
+    config = state.get("config") or {}
+    source_dir = (config.get("model") or {}).get("path") or None
+    tokenizer_dir = ckpt / "tokenizer"
+    card_info = {"mode": state["mode"], "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
+                 "domain_weights": _domain_weights(state, config), "dro_method": (config.get("dro") or {}).get("method"),
+                 "eval": _eval_results(ckpt, eval_json), "checkpoint": str(ckpt)}
+    return export_from_model(internal_sd, masks, source, state["family"], out_dir,
+                             tokenizer_src=str(tokenizer_dir) if tokenizer_dir.is_dir() else None,
+                             dtype=dtype, max_shard_size=max_shard_size,
+                             target=_target_dict(state) if masks is not None else None,
+                             source_model_dir=source_dir, card_info=card_info, push_to_hub=push_to_hub,
+                             private=private, progress=progress)
+
+
+def _domain_weights(state: Mapping[str, Any], config: Mapping[str, Any]) -> Optional[dict]:
+    """``{domain: weight}`` from the state's final weights (a dict, or a vector in data.domains order)."""
+    w = state.get("domain_weights")
+    if w is None:
+        return None
+    if isinstance(w, Mapping):
+        return {str(k): float(v) for k, v in w.items()}
+    values = torch.as_tensor(w).flatten().tolist()
+    names = list((config.get("data") or {}).get("domains") or []) or [f"domain_{i}" for i in range(len(values))]
+    return dict(zip(names, values))

@@ -1,0 +1,44 @@
+"""``megadrp export CKPT_OR_RUN_DIR --output DIR``: a checkpoint to a dense Hugging Face folder (and the Hub)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megadrp.config.schema import ExportConfig
+
+_DEFAULTS = ExportConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="megadrp export", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("checkpoint", help="RUN_DIR (uses checkpoints/latest) or a RUN_DIR/checkpoints/step_N folder")
+    p.add_argument("--output", "-o", required=True, help="folder to write (replaced atomically if a previous export)")
+    p.add_argument("--dtype", default=_DEFAULTS.dtype, choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the exported weights")
+    p.add_argument("--max-shard-size", default=_DEFAULTS.max_shard_size, help="largest safetensors shard, e.g. 5GB")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=_DEFAULTS.push_to_hub or None,
+                   help="upload the folder to this Hub repo (token from the HF_TOKEN environment variable)")
+    p.add_argument("--private", action="store_true", default=_DEFAULTS.private, help="create the Hub repo as private")
+    p.add_argument("--eval-json", help="evaluation results for the model card (default: RUN_DIR/eval.json if present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from megadrp.export.api import export_checkpoint
+    from megadrp.export.prune import ExportError
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                                push_to_hub=args.push_to_hub, private=args.private, eval_json=args.eval_json,
+                                progress=not args.no_progress)
+    except ExportError as err:
+        print(f"megadrp export: {err}", file=sys.stderr)
+        return 2
+    print(f"exported to {out}" + (f" and uploaded to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
