@@ -1,0 +1,65 @@
+"""DReSS's regularisation term as one object the trainers call: coefficient schedule + slice penalty + logging.
+
+    reg = DressRegularizer(model, masks, cfg.dress).attach()   # before deepspeed.initialize under ZeRO-3
+    loss = lm_loss + reg.loss_term(step)                      # right after the forward pass
+    reg.metrics(step)                                         # selected-slice norms, coefficient, penalty
+
+Both the DeepSpeed trainer's dress mode (megadrp.dress.mode) and the plain-torch loop (megadrp.dress.loop,
+tests and CPU experiments) go through this class, so they regularise identically.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+
+from megadrp.dress.penalty import SlicePenalty
+from megadrp.dress.schedule import penalty_coefficient
+from megadrp.dress.units import coupled_slices
+
+
+def hf_to_model_names(model) -> dict[str, str]:
+    """HF parameter name -> the MaskedCausalLM's own name (the family's explicit key map, inverted)."""
+    shape, fam = model.shape, model.family
+    return {hf: internal for internal, hf in fam.key_map(shape.num_hidden_layers, shape.tie_word_embeddings).items()}
+
+
+class DressRegularizer:
+    """Penalty on the coupled slices of the units that ``masks`` (0/1 keep masks) remove."""
+
+    def __init__(self, model, masks: Mapping[str, torch.Tensor], penalty: str = "l2", penalty_init: float = 1e-3,
+                 penalty_final: float = 1.0, regularize_steps: int = 100, shape=None, names: Optional[dict] = None):
+        shape = shape or model.shape
+        names = names or hf_to_model_names(model)
+        self.slices = coupled_slices(masks, shape, names.keys())
+        self.penalty = SlicePenalty(model, self.slices, penalty, to_model_name=names.__getitem__)
+        self.init, self.final, self.steps = penalty_init, penalty_final, regularize_steps
+        self._last: dict = {}
+
+    @classmethod
+    def from_config(cls, model, masks, dress_cfg, **kw) -> "DressRegularizer":
+        return cls(model, masks, dress_cfg.penalty, dress_cfg.penalty_init, dress_cfg.penalty_final,
+                   dress_cfg.regularize_steps, **kw)
+
+    def attach(self) -> "DressRegularizer":
+        self.penalty.attach()
+        return self
+
+    def detach(self):
+        self.penalty.detach()
+
+    def coefficient(self, step: int) -> float:
+        return penalty_coefficient(step, self.steps, self.init, self.final)
+
+    def loss_term(self, step: int) -> torch.Tensor:
+        """coefficient(step) * penalty of the forward pass just run (differentiable scalar)."""
+        value = self.penalty.total()
+        coef = self.coefficient(step)
+        self._last = {"dress_coef": coef, "dress_penalty": float(value.detach())}
+        return coef * value
+
+    def metrics(self) -> dict:
+        """Coefficient, penalty and the L2 norm of the selected slices (per family and all) of the last step."""
+        out = dict(self._last)
+        out.update({f"dress_norm_{k}": v for k, v in self.penalty.norms().items()})
+        return out
