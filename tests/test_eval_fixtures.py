@@ -1,4 +1,4 @@
-"""Builders shared by the evaluation tests: a tiny byte-level BPE tokenizer and a tiny random Llama, saved as HF folders."""
+"""Builders shared by the evaluation tests: a tiny byte-level BPE tokenizer and a tiny random Llama (HF folders)."""
 from __future__ import annotations
 
 import json

@@ -71,7 +71,8 @@ def summary_markdown(run_dir: Path, log: MetricsLog, plots: dict[str, Path], out
     lines = [f"# Run report: `{run_dir}`\n", "| quantity | final value |", "|---|---:|"]
     lines += [f"| {name} | {_num(v)} |" for name, v in rows if v is not None]
     if log.bad_lines:
-        lines.append(f"\n{log.bad_lines} unreadable line(s) of metrics.jsonl were skipped (e.g. a run killed mid-write).")
+        lines.append(f"\n{log.bad_lines} unreadable line(s) of metrics.jsonl were skipped "
+                     "(e.g. a run killed mid-write).")
     lines.append("")
     lines += _domain_table(log) + _sparsity_table(log)
     eval_json = run_dir / "eval.json"

@@ -75,7 +75,7 @@ def build_stream(tokenizer, documents: list[str], max_tokens: int | None = None,
 
 
 def make_windows(tokenizer, documents: list[str], seq_length: int, max_windows: int = 0) -> list[Window]:
-    """The first ``max_windows`` (0: all) non-overlapping windows; a final partial window counts if it predicts >= 1 token."""
+    """The first ``max_windows`` (0: all) non-overlapping windows; a final short one counts if it predicts a token."""
     if seq_length < 2:
         raise ValueError(f"seq_length must be >= 2 (one context token and one predicted), got {seq_length}")
     limit = max_windows * seq_length if max_windows else None
