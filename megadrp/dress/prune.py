@@ -4,7 +4,8 @@ The regularised model is dense: removed hidden dims are (near) zero in the resid
 in every RMSNorm's mean of squares (over d). The sliced model averages over d' dims only, so every norm
 output would grow by sqrt(d / d')... in the wrong direction for the dense model's function: the dense model
 computes w * x / sqrt(sum_kept(x^2) / d) = sqrt(d / d') * (w * x / rms_kept). Folding sqrt(d / d') into every
-norm weight makes the sliced model compute exactly what the dense model computed with those dims at zero.
+norm weight, and eps * d / d' into rms_norm_eps (the mean is over d' dims now), makes the sliced model compute
+exactly what the dense model computed with those dims at zero.
 (Embeddings and the LM head are left unscaled, so a tied source stays tied.) Heads, channels and layers
 need no correction: a zero slice contributes exactly nothing.
 """
@@ -33,13 +34,38 @@ def prune_dense_state_dict(internal_sd: Mapping[str, torch.Tensor], shape, famil
     """
     from megadrp.export import prune_state_dict
 
+    sd = compensated_state_dict(internal_sd, shape, masks) if compensate_norms else dict(internal_sd)
+    return prune_state_dict(sd, compensated_shape(shape, masks) if compensate_norms else shape, family,
+                            keep_indices(masks))
+
+
+def compensated_shape(shape, masks):
+    """The source shape with rms_norm_eps * d / d' (the pruned model's norms average over d' dims)."""
+    scale = hidden_norm_scale(masks, shape.hidden_size)
+    return shape if scale == 1.0 else shape.replace(rms_norm_eps=shape.rms_norm_eps * scale ** 2)
+
+
+def compensated_state_dict(internal_sd: Mapping[str, torch.Tensor], shape, masks) -> dict:
+    """The internal state dict with every RMSNorm weight times sqrt(d / d') (a copy; no-op without hidden pruning)."""
     sd = dict(internal_sd)
-    scale = hidden_norm_scale(masks, shape.hidden_size) if compensate_norms else 1.0
+    scale = hidden_norm_scale(masks, shape.hidden_size)
     if scale != 1.0:
         for k in list(sd):
             if k.endswith("layernorm.weight") or k == "norm.weight":
                 sd[k] = sd[k].detach().float() * scale
-    return prune_state_dict(sd, shape, family, keep_indices(masks))
+    return sd
+
+
+def export_pruned(internal_sd: Mapping[str, torch.Tensor], shape, family, masks: Mapping[str, torch.Tensor], out_dir,
+                  tokenizer_src=None, dtype: str = "float32", compensate_norms: bool = True, **kw):
+    """Write the pruned dense HF folder through ``megadrp.export.export_from_model``; returns its path."""
+    from megadrp.export import export_from_model
+
+    sd = compensated_state_dict(internal_sd, shape, masks) if compensate_norms else dict(internal_sd)
+    card = dict(kw.pop("card_info", None) or {}, mode="dress")
+    shape = compensated_shape(shape, masks) if compensate_norms else shape
+    return export_from_model(sd, keep_indices(masks), shape, family, out_dir, tokenizer_src, dtype=dtype,
+                             card_info=card, progress=False, **kw)
 
 
 def prune_model(model, masks: Mapping[str, torch.Tensor], compensate_norms: bool = True):
