@@ -54,22 +54,42 @@ def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, ta
 
 
 def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, torch.Tensor]]:
-    """Deterministic export masks of a prune checkpoint (None for dense cpt/dress checkpoints)."""
+    """Deterministic export masks of a prune checkpoint (None for dense cpt/dress checkpoints).
+
+    Refuses, naming the counts, a checkpoint whose mask families or shapes cannot give the target shape.
+    """
     if state.get("mode") != "prune" or state.get("masks") is None:
         return None
     from megadrp.config.schema import TargetShape
-    from megadrp.masks import MaskSet
+    from megadrp.masks import MaskSet, active_families, resolve_target
 
     target = _target_dict(state)
+    resolved = resolve_target(source, TargetShape(**target))
+    have = {k.split(".")[-1]: tuple(v.shape) for k, v in state["masks"].items() if hasattr(v, "shape")}
+    maskset_shapes = {"layer": (source.num_hidden_layers,), "hidden": (source.hidden_size,),
+                      "head": (source.num_hidden_layers, source.num_key_value_heads),
+                      "intermediate": (source.num_hidden_layers, source.intermediate_size)}
+    field = {"layer": "num_hidden_layers", "head": "num_key_value_heads", "intermediate": "intermediate_size",
+             "hidden": "hidden_size"}
+    problems = []
+    for fam in active_families(source, resolved):
+        want, src = getattr(resolved, field[fam]), getattr(source, field[fam])
+        if fam not in have:
+            problems.append(f"{field[fam]}: target {want} of the source's {src} needs a '{fam}' mask, and the "
+                            f"checkpoint has none (it has {sorted(have) or 'no masks'})")
+        elif have[fam] != maskset_shapes[fam]:
+            problems.append(f"'{fam}' mask has shape {have[fam]}, the source needs {maskset_shapes[fam]}")
+    if problems:
+        raise ExportError("the checkpoint's masks cannot reach the target shape: " + "; ".join(problems))
     try:
-        maskset = MaskSet(source, TargetShape(**target))
+        maskset = MaskSet(source, resolved)
         maskset.load_state_dict(state["masks"])
     except (RuntimeError, ValueError, KeyError) as err:
-        have = {k: tuple(v.shape) for k, v in state["masks"].items() if hasattr(v, "shape")}
-        raise ExportError(f"the checkpoint's masks {have} do not fit the source {source.to_dict()} and target "
-                          f"{target}: {err}") from err
+        raise ExportError(f"the checkpoint's masks {have} do not fit the source and target {target}: {err}") from err
     with torch.no_grad():
-        return {k: v.detach().float().cpu() for k, v in maskset.deterministic().items()}
+        masks = {k: v.detach().float().cpu() for k, v in maskset.deterministic().items()}
+    check_reaches_target(masks, source, target)
+    return masks
 
 
 def _target_dict(state: Mapping[str, Any]) -> dict:
