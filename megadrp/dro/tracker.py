@@ -75,7 +75,7 @@ class DomainLossTracker:
         buf = self._buffer(torch.device("cpu"))
         if _distributed(self.group):
             dev = _comm_device(self.group, buf.device)
-            moved = buf.to(dev)
+            moved = buf.to(dev, copy=True)  # a copy: buf is zeroed below while the result lives on
             dist.all_reduce(moved, op=dist.ReduceOp.SUM, group=self.group)
             out = moved.to(buf.device)
         else:
