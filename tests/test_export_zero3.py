@@ -160,6 +160,22 @@ def test_cli_export_with_eval_table(runs, tmp_path):
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
+def test_cli_push_failure_keeps_export_and_hides_token(runs, tmp_path, monkeypatch, capsys):
+    """`--push-to-hub` offline: huggingface_hub's request fails, rc 1 with a retry hint, the token shown nowhere."""
+    from megadrp.cli import main
+
+    secret = "hf_notARealTokenButSecret456"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, _, run1 = runs
+    rc = main(["export", str(run1), "--output", str(tmp_path / "pushed"), "--push-to-hub", "me/tiny",
+               "--private", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "upload to me/tiny failed" in captured.err and "hf upload me/tiny" in captured.err
+    assert secret not in captured.out + captured.err
+    assert (tmp_path / "pushed" / "config.json").is_file()
+
+
 def test_refuses_masks_that_cannot_reach_the_target(runs, tmp_path):
     from megadrp.export import ExportError, export_checkpoint
 

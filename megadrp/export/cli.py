@@ -31,12 +31,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                                push_to_hub=args.push_to_hub, private=args.private, eval_json=args.eval_json,
-                                progress=not args.no_progress)
+                                eval_json=args.eval_json, progress=not args.no_progress)
     except ExportError as err:
         print(f"megadrp export: {err}", file=sys.stderr)
         return 2
-    print(f"exported to {out}" + (f" and uploaded to {args.push_to_hub}" if args.push_to_hub else ""))
+    print(f"exported to {out}")
+    if args.push_to_hub:
+        from megadrp.export.hub import push_folder
+
+        try:
+            url = push_folder(out, args.push_to_hub, private=args.private)
+        except Exception as err:  # the export itself is done: say so, and how to retry only the upload
+            print(f"megadrp export: upload to {args.push_to_hub} failed ({type(err).__name__}: {err}); the folder "
+                  f"{out} is complete, upload it later with `hf upload {args.push_to_hub} {out}`", file=sys.stderr)
+            return 1
+        print(f"uploaded to {url}")
     return 0
 
 
