@@ -10,8 +10,9 @@ Criteria (``dress.criterion``):
 Layers are always scored by 1 - cos(x_in, x_out) of the residual stream (ShortGPT/Minitron): a layer that
 barely turns its input is the cheapest to drop; it needs no gradient and works with every criterion.
 
-Runs on a plain (non-ZeRO) MaskedCausalLM: hooks read whole parameters. Calibration is a one-off before
-training; for models too large for one device, score on a truncated copy or per-layer (not done here).
+``activation`` also runs on a ZeRO-3 engine's module: its hooks read weights inside the owning module's
+forward (prepended, so before DeepSpeed releases them). ``taylor`` and ``magnitude`` read whole weights and
+gradients outside a forward, so they need a plain (non-ZeRO-3) model.
 """
 from __future__ import annotations
 
@@ -83,8 +84,8 @@ class _ActivationHooks:
         for i, layer in enumerate(self.model.layers):
             self.handles.append(layer.register_forward_hook(self._layer_hook(i)))
             if self.with_units:
-                self.handles.append(layer.self_attn.register_forward_hook(self._attn_hook(i)))
-                self.handles.append(layer.mlp.register_forward_hook(self._mlp_hook(i)))
+                self.handles.append(layer.self_attn.register_forward_hook(self._attn_hook(i), prepend=True))
+                self.handles.append(layer.mlp.register_forward_hook(self._mlp_hook(i), prepend=True))
                 for norm in (layer.input_layernorm, layer.post_attention_layernorm):
                     self.handles.append(norm.register_forward_hook(self._norm_hook))
         if self.with_units:
