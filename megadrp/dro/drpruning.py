@@ -25,7 +25,6 @@ import threading
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from .base import DomainReweighter, _t
 from .chi2 import chi2_dro_weights
