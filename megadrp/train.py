@@ -1,0 +1,127 @@
+"""Thin launch entry of megadrp training, usable under every launcher and from the `megadrp` CLI.
+
+    deepspeed --num_gpus 8 megadrp/train.py --config configs/X.yaml [key=value ...] [--resume auto|PATH]
+    torchrun --nproc_per_node 8 megadrp/train.py --config configs/X.yaml ...
+    srun python megadrp/train.py --config ...             (RANK etc. taken from SLURM_PROCID / SLURM_NTASKS)
+    megadrp prune --config configs/X.yaml --nproc 2       (starts the deepspeed launcher, or runs in-process for 1)
+
+Order of work: parse, load + validate the config, pre-flight checks (DeepSpeed JSON vs config and world size,
+target vs source, data and tokenizer) -- all before any process group or model exists -- then train.
+Exit codes: 0 done, 2 configuration / input error, 3 training diverged (NaN/inf loss).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by a launcher: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _parser(prog: str, with_launch: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="YAML recipe (configs/); dotted key=value overrides follow")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run_dir=runs/x")
+    p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of run_dir, if any) or a checkpoint path")
+    p.add_argument("--init-from", default=None, help="weights-only start: a checkpoint folder or HF folder")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    if with_launch:
+        p.add_argument("--nproc", type=int, default=1, help="processes on this machine (>1 starts a launcher)")
+        p.add_argument("--launcher", choices=("deepspeed", "torchrun"), default="deepspeed")
+        p.add_argument("--master-port", type=int, default=None)
+    return p
+
+
+def _is_main_env() -> bool:
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def run(argv: list[str], mode: str | None = None) -> int:
+    """Train in this process (one rank of a launched job, or a single in-process rank)."""
+    args = _parser("megadrp/train.py", with_launch=False).parse_intermixed_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from megadrp.config import ConfigError, load_config
+
+    overrides = list(args.overrides)
+    if mode:
+        overrides.append(f"mode={mode}")
+    if args.resume:
+        overrides.append(f"checkpoint.resume={args.resume}")
+    if args.init_from:
+        overrides.append(f"checkpoint.init_from={args.init_from}")
+    try:
+        cfg = load_config(args.config, overrides)
+        from megadrp.trainer.build import preflight
+
+        plan = preflight(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if _is_main_env():
+            print(f"megadrp {mode or 'train'}: {err}", file=sys.stderr)
+        return 2
+    from megadrp.trainer import Trainer, TrainingDiverged, dist
+
+    dist.ensure_single_process_env()
+    dist.init_distributed()
+    try:
+        return Trainer(cfg, plan, resume=cfg.checkpoint.resume).setup().train()
+    except TrainingDiverged as err:
+        if dist.is_main():
+            print(f"megadrp: training diverged: {err}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def launch_command(argv: list[str], nproc: int, launcher: str, master_port: int) -> list[str]:
+    """The launcher command line that starts `nproc` ranks of this script on this machine."""
+    script = str(Path(__file__).resolve())
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(master_port), script, *argv]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+            "--master_port", str(master_port), script, *argv]
+
+
+def _main_mode(mode: str, argv: list[str]) -> int:
+    args, _ = _parser(f"megadrp {mode}", with_launch=True).parse_known_args(argv)
+    launch_flags = ("--nproc", "--launcher", "--master-port")
+    cleaned, skip = [], False  # argv minus the launch flags (and their values), forwarded to every rank
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in launch_flags:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in launch_flags)):
+            cleaned.append(a)
+    if args.nproc <= 1:
+        return run(cleaned, mode)
+    from megadrp.trainer.dist import free_port
+
+    env = dict(os.environ)
+    # Neither the deepspeed launcher nor a bare process sets a thread count; N ranks x all cores each thrash.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    cmd = launch_command(cleaned + [f"mode={mode}"], args.nproc, args.launcher, args.master_port or free_port())
+    return subprocess.call(cmd, env=env)
+
+
+def main_prune(argv: list[str]) -> int:
+    return _main_mode("prune", argv)
+
+
+def main_cpt(argv: list[str]) -> int:
+    return _main_mode("cpt", argv)
+
+
+def main_dress(argv: list[str]) -> int:
+    return _main_mode("dress", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

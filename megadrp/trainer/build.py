@@ -1,0 +1,96 @@
+"""Everything a run is built from, resolved and checked *before* any process group, model or engine exists.
+
+Pre-flight checks (each a plain error naming the field and the fix): the DeepSpeed JSON against the run
+config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler); the source model's
+config; the target shape against the source (prune mode); the training / held-out binaries present and made
+with the run's tokenizer, every token id inside the model's vocabulary.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megadrp.config import ConfigError, check_deepspeed_json, resolve_precision
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Plan:
+    ds_config: dict
+    precision: str
+    world_size: int
+    shape: object  # ModelShape of the model trained (the source in prune mode)
+    family: object
+    weights_path: str  # HF folder the initial weights come from
+    tokenizer_path: str
+    datasets: dict
+    eval_datasets: dict
+    token_counts: list
+    target_shape: Optional[object] = None
+
+
+def _ds_json_path(path: str) -> str:
+    # Recipes name ds_configs/... relative to the repository; accept that from any working directory.
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if candidate.exists() else path
+
+
+def preflight(cfg, world_size: Optional[int] = None) -> Plan:
+    from megadrp.data import load_domain_datasets
+    from megadrp.model import read_shape
+
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.deepspeed.precision, device_type)
+    ds_config = check_deepspeed_json(_ds_json_path(cfg.deepspeed.config), cfg.optim, precision, world)
+
+    if not cfg.model.path:
+        raise ConfigError("model.path", cfg.model.path, "give the source model's Hugging Face folder")
+    if not Path(cfg.model.path, "config.json").is_file():
+        raise ConfigError("model.path", cfg.model.path, "has no config.json; give a Hugging Face model folder")
+    shape, family = read_shape(cfg.model.path, cfg.model.family)
+    weights_path = cfg.model.path
+    init_from = cfg.checkpoint.init_from
+    if init_from and Path(init_from, "config.json").is_file():
+        init_shape, _ = read_shape(init_from, cfg.model.family)
+        if init_shape != shape:
+            raise ConfigError("checkpoint.init_from", init_from, f"has shape {init_shape}, model.path has {shape}")
+        weights_path = init_from
+    target = None
+    if cfg.mode == "prune":
+        from megadrp.masks import active_families, resolve_target
+
+        target = resolve_target(shape, cfg.pruning.target)
+        if not active_families(shape, target):
+            raise ConfigError("pruning.target", cfg.pruning.target, "equals the source shape: nothing to prune")
+
+    if not cfg.data.prefix:
+        raise ConfigError("data.prefix", cfg.data.prefix, "give the prefix of the training binaries PREFIX_DOMAIN.bin")
+    if not cfg.data.domains:
+        raise ConfigError("data.domains", cfg.data.domains, "list the domain names, e.g. [code, math, web]")
+    if cfg.data.seq_length > shape.max_position_embeddings:
+        raise ConfigError("data.seq_length", cfg.data.seq_length,
+                          f"exceeds the model's max_position_embeddings ({shape.max_position_embeddings})")
+    tokenizer = cfg.data.tokenizer or cfg.model.path
+    datasets = load_domain_datasets(cfg.data.prefix, cfg.data.domains, tokenizer=tokenizer)
+    eval_datasets = {}
+    if cfg.data.eval_prefix:
+        eval_datasets = load_domain_datasets(cfg.data.eval_prefix, cfg.data.domains, tokenizer=tokenizer)
+    # load_domain_datasets checked every id against the tokenizer; the tokenizer must fit the embedding.
+    from megadrp.data.tokenizer import load_tokenizer
+
+    tok_vocab = load_tokenizer(tokenizer).vocab_size
+    if tok_vocab > shape.vocab_size:
+        raise ConfigError("data.tokenizer", tokenizer, f"has {tok_vocab} tokens but the model's embedding has "
+                          f"{shape.vocab_size}; use the model's own tokenizer")
+    counts = [float(ds.num_tokens) for ds in datasets.values()]
+    return Plan(ds_config=ds_config, precision=precision, world_size=world, shape=shape, family=family,
+                weights_path=weights_path, tokenizer_path=tokenizer, datasets=datasets, eval_datasets=eval_datasets,
+                token_counts=counts, target_shape=target)

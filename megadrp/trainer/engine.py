@@ -1,0 +1,78 @@
+"""The DeepSpeed engine: the model built under ``zero.Init``, HF weights streamed in, ``deepspeed.initialize``.
+
+ZeRO-3 partitions each parameter as it is created inside ``zero.Init``, so a 7B model never exists whole on
+one rank. The source weights are read on rank 0 only and copied in one parameter at a time inside
+``GatheredParameters(modifier_rank=0)``, which re-partitions rank 0's values to every rank on exit. Loading
+happens *before* ``initialize``: ZeRO's fp32 master copy is made from the parameters then (an edit after it
+would be overwritten at the next step, ENVIRONMENT.md pitfall 3).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from megadrp.trainer import dist
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def build_model(shape, family, ds_config: dict, precision: str, model_cfg):
+    """MaskedCausalLM constructed under zero.Init (ZeRO-3) in the training dtype; weights uninitialised."""
+    import deepspeed
+
+    from megadrp.model import MaskedCausalLM
+
+    dtype = DTYPES[precision]
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
+        model = MaskedCausalLM(shape, family, dtype=dtype,
+                               activation_checkpointing=model_cfg.activation_checkpointing,
+                               attn_backend=model_cfg.attn_backend)
+    return model
+
+
+def _read_source_weights(path: str, family) -> dict:
+    from megadrp.model import read_hf_state_dict
+
+    return family.hf_to_internal(read_hf_state_dict(path))
+
+
+def load_source_weights(model, path: str, family, ds_config: dict) -> None:
+    """Copy the HF folder's weights into the (possibly partitioned) model; checked on rank 0, error on all ranks."""
+    import deepspeed
+
+    zero3 = zero_stage(ds_config) == 3
+    state: Optional[dict] = None
+    error = ""
+    if dist.is_main():
+        try:
+            state = _read_source_weights(path, family)
+            for name, p in model.named_parameters():
+                want = tuple(getattr(p, "ds_shape", p.shape))
+                if name not in state:
+                    raise KeyError(f"{path}: no weight for {name}")
+                if tuple(state[name].shape) != want:
+                    raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, the model expects {want}")
+        except Exception as err:  # reported on every rank so none waits in a collective
+            error = f"{type(err).__name__}: {err}"
+    error = dist.all_gather_object(error)[0]
+    if error:
+        raise RuntimeError(f"cannot load source weights: {error}")
+    for name, p in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=zero3):
+            if dist.is_main():
+                with torch.no_grad():
+                    p.data.copy_(state[name].to(device=p.device, dtype=p.dtype))
+
+
+def initialize(model, optimizer, ds_config: dict):
+    """deepspeed.initialize with the client optimizer and no DeepSpeed scheduler (the LR is set client-side)."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
+                                           dist_init_required=False)
+    return engine

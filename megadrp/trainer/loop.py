@@ -1,0 +1,211 @@
+"""The Trainer: one step loop for every mode (see ARCHITECTURE.md, "One training step").
+
+Per optimizer step: for each micro-batch, the sampler's batch, the mode's masks for (step, micro) (identical on
+every rank), ONE forward through the engine, per-token CE; loss = mean CE + the mode's extra terms; the same
+per-token CE feeds the domain tracker; engine.backward/step. Then the mode's post-step hook (mask and
+multiplier updates), one tracker all-reduce, the reweighting rule (new sampler weights every
+dro.update_interval steps, identical on every rank), logging, periodic eval and checkpoints.
+Steps are numbered from 1; a checkpoint of step N holds the state after N steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from megadrp.config import save_config, to_dict
+from megadrp.trainer import checkpoint, dist, engine as engine_mod, faults, mfu as mfu_mod
+from megadrp.trainer.build import Plan
+from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
+from megadrp.trainer.modes import get_mode
+from megadrp.trainer.optim import make_weight_optimizer
+from megadrp.trainer.schedule import lr_at, set_lr
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; no checkpoint of that state was written."""
+
+
+def _log(msg: str) -> None:
+    if dist.is_main():
+        print(f"[megadrp] {msg}", flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg, plan: Plan, resume: str = "none"):
+        self.cfg, self.plan, self.resume_spec = cfg, plan, resume
+        self.shape, self.family = plan.shape, plan.family
+        self.device = dist.device()
+        self.step = 0
+        self.tokens_seen = 0
+        self.last_checkpoint = None
+
+    # ---- set-up ---------------------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        from megadrp.data import DomainMixtureSampler
+        from megadrp.dro import DomainLossTracker, make_reweighter
+
+        cfg, plan = self.cfg, self.plan
+        torch.manual_seed(cfg.optim.seed)
+        model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
+        engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
+        self.engine = engine_mod.initialize(model, make_weight_optimizer(model, cfg.optim), plan.ds_config)
+        self.mode = get_mode(cfg.mode)
+        self.mode.setup(self)
+        self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
+                                            seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
+        self.tracker = DomainLossTracker(len(cfg.data.domains))
+        self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
+                                          target_sparsity=self.mode.final_sparsity())
+        self.sampler.set_weights(self.reweighter.weights)
+        self.heldout = None
+        if plan.eval_datasets:
+            from megadrp.trainer.heldout import HeldoutEval
+
+            self.heldout = HeldoutEval(plan.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
+                                       cfg.logging.eval_batches, plan.tokenizer_path)
+        self.metrics = MetricsFile(cfg.run_dir, dist.is_main())
+        run_id = None
+        path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
+        if path is not None:
+            run_id = self._restore(path)
+        elif cfg.checkpoint.init_from and (checkpoint.STATE_FILE in _listdir(cfg.checkpoint.init_from)):
+            _log(f"initialising weights from {cfg.checkpoint.init_from} (weights only)")
+            checkpoint.load(self.engine, checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir), weights_only=True)
+        if dist.is_main():
+            save_config(cfg, f"{cfg.run_dir}/config.yaml")
+            if path is not None:
+                self.metrics.truncate_after(self.step)
+        self.wandb = Wandb(cfg.logging, cfg.run_dir, run_id, to_dict(cfg), dist.is_main())
+        self.flops_per_token = mfu_mod.flops_per_token(self.shape, cfg.data.seq_length)
+        self.peak = mfu_mod.peak_flops(self.device, cfg.logging.peak_tflops)
+        return self
+
+    def _restore(self, path) -> str:
+        state = checkpoint.read_state(path)
+        if state["mode"] != self.cfg.mode:
+            raise ValueError(f"{path} is a {state['mode']} checkpoint; this run is {self.cfg.mode}")
+        checkpoint.load(self.engine, path)
+        self.mode.load_state_dict(state.get("mode_state", {}))
+        self.sampler.load_state_dict(state["sampler"])
+        self.reweighter.load_state_dict(state["reweighter"])
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        rngs = state.get("rng") or []
+        if rngs:
+            checkpoint.set_rng_state(rngs[dist.rank()] if dist.rank() < len(rngs) else rngs[0])
+        self.last_checkpoint = path
+        _log(f"resumed from {path} at step {self.step}")
+        return state.get("wandb_run_id")
+
+    # ---- one step -------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict:
+        cfg = self.cfg
+        lr = lr_at(step - 1, cfg.optim.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        set_lr(self.engine.optimizer, lr)
+        self.mode.zero_grad()
+        extras = {}
+        for micro in range(cfg.optim.gradient_accumulation_steps):
+            batch = self.sampler.next_batch()
+            tokens = batch["tokens"].to(self.device)
+            logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
+            tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                                       reduction="none").view(tokens.shape[0], -1)
+            self.tracker.add(tok_loss, batch["domain_ids"])
+            loss = tok_loss.mean()
+            for name, term in self.mode.loss_terms(step, micro).items():
+                loss = loss + term
+                extras[name] = extras.get(name, 0.0) + float(term.detach()) / cfg.optim.gradient_accumulation_steps
+            if faults.nan_at(step):
+                loss = loss * float("nan")
+            # engine.backward scales by 1/accumulation, for the masks' gradients too.
+            self.engine.backward(loss)
+            self.engine.step()
+        self.mode.after_step(step)
+        loss_sum, count = self.tracker.reduce()
+        lm_loss = float(loss_sum.sum() / count.sum().clamp(min=1))
+        loss_total = lm_loss + sum(extras.values())
+        if not math.isfinite(loss_total) or faults.nan_at(step):
+            raise TrainingDiverged(
+                f"loss is {loss_total} at step {step}; stopping without checkpointing this state. Last good "
+                f"checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume auto, perhaps "
+                f"with a lower optim.lr)")
+        self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity())
+        new_weights = self.reweighter.maybe_update(step)
+        if new_weights is not None:
+            self.sampler.set_weights(new_weights)
+        self.tokens_seen += int(count.sum().item())
+        from megadrp.dro import mean_losses
+
+        means, present = mean_losses(loss_sum, count)
+        return {"loss": loss_total, "lm_loss": lm_loss, "lr": lr, "extras": extras,
+                "domain_loss": {d: float(m) for d, m, p in zip(cfg.data.domains, means, present) if p},
+                "tokens": int(count.sum().item())}
+
+    # ---- the run --------------------------------------------------------------------------------------
+    def train(self) -> int:
+        cfg = self.cfg
+        _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {dist.world_size()}, "
+             f"{self.plan.precision}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}")
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while self.step < cfg.optim.max_steps:
+                step = self.step + 1
+                out = self.train_step(step)
+                self.step = step
+                window_tokens += out["tokens"]
+                if step % cfg.logging.log_interval == 0 or step == cfg.optim.max_steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    self._log_step(step, out, window_tokens / elapsed)
+                    window_tokens, window_start = 0, time.perf_counter()
+                if self.heldout is not None and cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 \
+                        and step != cfg.optim.max_steps:
+                    self.evaluate(step)
+                if step % cfg.checkpoint.save_interval == 0 or step == cfg.optim.max_steps:
+                    self.save()
+                faults.step_sleep()
+            if self.heldout is not None:
+                self.evaluate(self.step)
+        finally:
+            self.wandb.finish()
+        return 0
+
+    def _log_step(self, step: int, out: dict, tokens_per_s: float) -> None:
+        rec = {"kind": "train", "step": step, "loss": out["loss"], "lm_loss": out["lm_loss"],
+               "lagrangian": out["extras"].get("lagrangian", 0.0), "lr": out["lr"], "tokens_per_s": tokens_per_s,
+               "mfu": mfu_mod.mfu(tokens_per_s, self.flops_per_token, self.peak, dist.world_size()),
+               "tokens_seen": self.tokens_seen,
+               "domain_weights": dict(zip(self.cfg.data.domains, map(float, self.reweighter.weights))),
+               "domain_loss": out["domain_loss"]}
+        rec.update({k: v for k, v in out["extras"].items() if k != "lagrangian"})
+        rec.update(self.mode.metrics(step))
+        self.metrics.write(rec)
+        self.wandb.log(rec)
+        _log(step_line(rec, self.cfg.optim.max_steps, self.mode.step_line(rec)))
+
+    def evaluate(self, step: int) -> dict:
+        rec = {"kind": "eval", "step": step, **self.heldout.run(self.engine, self.mode.eval_masks(), self.device)}
+        self.metrics.write(rec)
+        self.wandb.log(rec)
+        _log(f"eval step {step} | " + " ".join(f"{d}={v:.4f}" for d, v in rec["eval_loss"].items()))
+        return rec
+
+    def save(self) -> None:
+        cfg = self.cfg
+        state = {"step": self.step, "mode": cfg.mode, "config": to_dict(cfg), "family": self.family.name,
+                 "source_shape": self.shape.to_dict(), "tokens_seen": self.tokens_seen,
+                 "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
+                 "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
+                 "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
+                 "mode_state": self.mode.state_dict()}
+        state.update(self.mode.state_dict())  # "masks", "lagrangian" at the top level, as export reads them
+        self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
+                                               self.plan.tokenizer_path)
+        _log(f"checkpoint {self.last_checkpoint}")
+
+
+def _listdir(path) -> list:
+    import os
+
+    return os.listdir(path) if os.path.isdir(path) else []

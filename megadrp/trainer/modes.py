@@ -1,0 +1,162 @@
+"""What differs between run modes, behind a few hooks, so the step loop never branches on the mode.
+
+A mode supplies the masks of a forward pass, extra loss terms (added to the mean token CE of the same
+forward), a post-step hook, its metrics and its checkpoint state. ``prune`` trains hard-concrete masks with
+a Lagrangian; ``cpt`` is dense. Another mode (DReSS's regularisation: an extra penalty term and a post-step
+hook) registers itself with :func:`register_mode` from its own package (``megadrp.<name>.mode`` is imported
+on first use), without editing the loop.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Optional
+
+import torch
+
+from megadrp.trainer.optim import SideOptimizer
+
+
+class Mode:
+    """Dense training with no extras: the base every mode refines."""
+
+    name = "base"
+
+    def setup(self, trainer) -> None:
+        """Called once the engine exists (trainer.cfg, .shape, .device, .engine are set)."""
+        self.trainer = trainer
+
+    def train_masks(self, step: int, micro_step: int) -> Optional[Dict[str, torch.Tensor]]:
+        return None
+
+    def eval_masks(self) -> Optional[Dict[str, torch.Tensor]]:
+        return None
+
+    def loss_terms(self, step: int, micro_step: int) -> Dict[str, torch.Tensor]:
+        """Extra scalar losses added to this micro-batch's mean CE (same forward; each logged by name)."""
+        return {}
+
+    def zero_grad(self) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        """After the engine's optimizer step of ``step`` (1-based)."""
+
+    def sparsity(self) -> Optional[float]:
+        """Current expected fraction of parameters removed (fed to the reweighting rule), or None."""
+        return None
+
+    def final_sparsity(self) -> Optional[float]:
+        return None
+
+    def metrics(self, step: int) -> dict:
+        return {}
+
+    def step_line(self, record: dict) -> str:
+        return ""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class CptMode(Mode):
+    """Continued pretraining of a dense (exported) model; domain reweighting stays on in the loop."""
+
+    name = "cpt"
+
+
+class PruneMode(Mode):
+    """Masks sampled per micro-step (identical on every rank), Lagrangian pulling sparsity to the target."""
+
+    name = "prune"
+
+    def setup(self, trainer) -> None:
+        from megadrp.masks import Lagrangian, MaskSet
+
+        super().setup(trainer)
+        cfg = trainer.cfg
+        # Masks and multipliers are plain fp32 modules on the local device, outside the engine: ZeRO-3
+        # would partition them (ARCHITECTURE.md, Masks).
+        self.masks = MaskSet(trainer.shape, cfg.pruning.target, init_mean=cfg.pruning.log_alpha_init,
+                             temperature=cfg.pruning.temperature, seed=cfg.optim.seed, device=trainer.device)
+        self.lagrangian = Lagrangian(self.masks.families).to(trainer.device)
+        self.side = SideOptimizer(self.masks.parameters(), self.lagrangian.parameters(),
+                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda)
+        self.source_params = float(trainer.shape.num_params())
+        self.seed, self.max_steps = cfg.optim.seed, cfg.optim.max_steps
+        self.warmup_fraction = cfg.pruning.warmup_fraction
+        self._last_terms: Dict[str, float] = {}
+
+    def train_masks(self, step, micro_step):
+        return self.masks.sample(self.seed, step, micro_step)
+
+    @torch.no_grad()
+    def eval_masks(self):
+        return self.masks.deterministic()
+
+    def _targets(self, step: int) -> Dict[str, float]:
+        # step is 1-based; the ramp starts from 0 at the first step.
+        return self.masks.target_sparsity(step - 1, self.max_steps, self.warmup_fraction)
+
+    def loss_terms(self, step, micro_step):
+        lag = self.lagrangian(self.masks.expected_sparsity(), self._targets(step))
+        return {"lagrangian": lag}
+
+    def zero_grad(self):
+        self.side.zero_grad()
+
+    def after_step(self, step):
+        self.side.step()
+        self.masks.clamp_()
+
+    @torch.no_grad()
+    def sparsity(self):
+        return 1.0 - float(self.masks.expected_num_params()) / self.source_params
+
+    def final_sparsity(self):
+        return 1.0 - self.masks.target.num_params() / self.source_params
+
+    @torch.no_grad()
+    def metrics(self, step):
+        return {
+            "expected_sparsity": {f: float(v.mean()) for f, v in self.masks.expected_sparsity().items()},
+            "target_sparsity": {f: float(v) for f, v in self._targets(step).items()},
+            "lambdas": self.lagrangian.values(),
+            "expected_params": float(self.masks.expected_num_params()),
+        }
+
+    def step_line(self, record):
+        sp = " ".join(f"{f}={record['expected_sparsity'][f]:.3f}/{record['target_sparsity'][f]:.3f}"
+                      for f in record.get("expected_sparsity", {}))
+        return f"lagr {record.get('lagrangian', 0.0):+.4f} | sparsity {sp} | params {record.get('expected_params', 0):.3e}"
+
+    def state_dict(self):
+        return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
+                "side_optimizer": self.side.state_dict()}
+
+    def load_state_dict(self, state):
+        self.masks.load_state_dict(state["masks"])
+        self.lagrangian.load_state_dict(state["lagrangian"])
+        self.side.load_state_dict(state.get("side_optimizer") or {})
+
+
+MODES = {"prune": PruneMode, "cpt": CptMode}
+
+
+def register_mode(name: str, cls) -> None:
+    MODES[name] = cls
+
+
+def get_mode(name: str) -> Mode:
+    if name not in MODES:
+        try:  # a mode living in its own package registers itself on import
+            importlib.import_module(f"megadrp.{name}.mode")
+        except ModuleNotFoundError as err:
+            if not (err.name or "").startswith("megadrp"):
+                raise
+        if name not in MODES:
+            raise NotImplementedError(f"mode {name!r} has no trainer hooks yet (expected megadrp/{name}/mode.py "
+                                      f"calling megadrp.trainer.modes.register_mode)")
+    return MODES[name]()
