@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from megadrp.config import ConfigError, TargetShape
-from megadrp.masks import Lagrangian, MaskSet, hard_concrete as hc, negate_gradients
+from megadrp.masks import Lagrangian, MaskSet, negate_gradients
+from megadrp.masks import hard_concrete as hc
 from megadrp.model import MaskedCausalLM, get_family
 
 SHAPES = {

@@ -1,10 +1,10 @@
 """The masked forward: static-shape masked RMSNorm, and 0/1 masks equal a physically smaller HF model."""
 import pytest
 import torch
+from tiny_models import make_tiny_hf_model
 
 from megadrp.kernels import ops
 from megadrp.model import get_family, load_pretrained, read_hf_state_dict
-from tiny_models import make_tiny_hf_model
 
 
 def test_masked_rmsnorm_equals_rmsnorm_over_kept_dims():

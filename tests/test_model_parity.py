@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from tiny_models import load_hf, make_tiny_hf_model
 
 from megadrp.model import MaskedCausalLM, ModelShape, get_family, load_pretrained, read_hf_state_dict
-from tiny_models import load_hf, make_tiny_hf_model
 
 CASES = [  # family, heads, kv heads, tied
     ("llama", 4, 4, False),

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from megadrp.masks import MaskSet
 from megadrp.config import TargetShape
+from megadrp.masks import MaskSet
 from megadrp.model import load_pretrained
 
 SMOLLM2 = Path(__file__).resolve().parents[1] / ".cache" / "models" / "smollm2-135m"
