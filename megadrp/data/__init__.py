@@ -1,13 +1,23 @@
-"""Data: Megatron ``.bin/.idx`` reader and writer, preprocessing, packing and the domain-mixture sampler."""
-from megadrp.data.domains import domain_prefix, domain_token_counts, load_domain_datasets, natural_weights
-from megadrp.data.indexed import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, best_token_dtype
-from megadrp.data.meta import check_tokenizer_matches, read_meta, write_meta
-from megadrp.data.packing import PackedDomain, sequential_windows
-from megadrp.data.sampler import DomainMixtureSampler
+"""Data: Megatron ``.bin/.idx`` reader and writer, preprocessing, packing and the domain-mixture sampler.
 
-__all__ = [
-    "IndexedDataset", "IndexedDatasetWriter", "IndexedDatasetError", "best_token_dtype",
-    "DomainMixtureSampler", "PackedDomain", "sequential_windows",
-    "load_domain_datasets", "domain_token_counts", "domain_prefix", "natural_weights",
-    "check_tokenizer_matches", "read_meta", "write_meta",
-]
+Names are imported lazily, so that tools that need only part of the package (the corpus builder,
+preprocessing workers) do not pay for importing torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "IndexedDataset": "indexed", "IndexedDatasetWriter": "indexed", "IndexedDatasetError": "indexed",
+    "best_token_dtype": "indexed",
+    "DomainMixtureSampler": "sampler",
+    "PackedDomain": "packing", "sequential_windows": "packing",
+    "load_domain_datasets": "domains", "domain_token_counts": "domains", "domain_prefix": "domains",
+    "natural_weights": "domains",
+    "check_tokenizer_matches": "meta", "read_meta": "meta", "write_meta": "meta",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"megadrp.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'megadrp.data' has no attribute {name!r}")

@@ -1,6 +1,6 @@
-"""``megadrp preprocess`` / ``tools/preprocess_data.py``: text, JSONL, parquet or saved HF datasets -> Megatron binaries.
+"""``megadrp preprocess`` (``tools/preprocess_data.py``): text, JSONL, parquet, HF datasets -> Megatron binaries.
 
-    megadrp preprocess --input FILE_OR_DIR... --output-prefix PREFIX --tokenizer DIR --append-eod [--workers N]
+    megadrp preprocess --input FILE_OR_DIR... --output-prefix PREFIX --tokenizer DIR --append-eod --workers 2
 
 writes ``PREFIX.bin``/``PREFIX.idx`` (one document per text file, JSONL line, parquet or dataset row) and the
 sidecar ``PREFIX.json`` naming the tokenizer. ``--per-domain`` makes every input file its own domain
