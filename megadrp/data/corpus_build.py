@@ -79,7 +79,8 @@ def extract_source(spec: SourceSpec, cache: Path, versions: dict) -> list[str]:
         if files:
             docs.extend(FORMAT_FUNCTIONS[spec.format](files, root))
     if not matched:
-        raise FileNotFoundError(f"domain {spec.domain!r}, source {spec.origin}: no file under {[str(r) for r in roots]} "
+        where = [str(r) for r in roots]
+        raise FileNotFoundError(f"domain {spec.domain!r}, source {spec.origin}: no file under {where} "
                                 f"matches include {list(spec.include)} (exclude {list(spec.exclude)}); fix the globs")
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")

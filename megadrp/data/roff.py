@@ -47,8 +47,8 @@ def render_roff(source: str) -> str:
                 out.append(f"{a[0]}({a[1]})" if len(a) > 1 else rest)
                 out.append("")
             elif req in ("SH", "SS"):
-                out.extend(["", _escapes(" ".join(_args(rest))).upper() if req == "SH" else _escapes(rest.strip('"')),
-                            ""])
+                heading = _escapes(" ".join(_args(rest)))
+                out.extend(["", heading.upper() if req == "SH" else heading])
             elif req in _FONT_MACROS:
                 joiner = " " if req in ("B", "I", "SM", "SB") else ""
                 out.append(_escapes(joiner.join(_args(rest))))
