@@ -28,23 +28,44 @@ CPU_SHAPES = {"cpu-tiny": dict(d=64, H=4, G=2, hd=16, m=96, B=2, T=32)}
 
 
 def timer(fn, reps: int, warmup: int, cuda: bool) -> float:
-    """Median milliseconds of fn() over reps, after warmup calls (CUDA events on a GPU)."""
+    """Median milliseconds of fn() over reps, after warmup calls. On a GPU: CUDA events around each call and
+    no sync between calls (as triton.testing.do_bench), so the host may run ahead as it does in training."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
+    if not cuda:
+        times = []
+        for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return statistics.median(times)
+    torch.cuda.synchronize()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in ev:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in ev)
+
+
+def graph_timer(fn, reps: int, warmup: int):
+    """Median ms of a CUDA-graph replay of fn: device time with the host launch overhead taken out (the
+    cost the kernels themselves add); None where capture fails."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return timer(graph.replay, reps, warmup, True)
+    except Exception as e:  # noqa: BLE001 (a benchmark records what it could not time)
+        print(f"  graph capture failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+        return None
 
 
 def fwd_bwd(op, inputs):
@@ -141,10 +162,10 @@ def hard_cases(s, dev, dt):
         zi[torch.randperm(m, device=dev)[: m - round(frac * m)]] = 0.0
         zh = torch.rand(G, device=dev) * 0.9 + 0.1
         zh[torch.randperm(G, device=dev)[: G - max(1, round(frac * G))]] = 0.0
-        ffn_hard = fwd_bwd(lambda *a: hard.hard_masked_mlp(*a, zi, zo), [x, wg, wu, wd])
-        ffn_soft = fwd_bwd(lambda x_, g_, u_, d_: ops.masked_linear(ops.masked_swiglu(x_, g_, u_, zi), d_, None,
+        ffn_hard = fwd_bwd(lambda *a, zi=zi: hard.hard_masked_mlp(*a, zi, zo), [x, wg, wu, wd])
+        ffn_soft = fwd_bwd(lambda x_, g_, u_, d_, zi=zi: ops.masked_linear(ops.masked_swiglu(x_, g_, u_, zi), d_, None,
                                                                       z_out=zo), [x, wg, wu, wd])
-        attn_hard = fwd_bwd(lambda *a: hard.hard_masked_attention(*a, zh, H, hd, z_out=zo), [h3, wq, wk, wv, wo])
+        attn_hard = fwd_bwd(lambda *a, zh=zh: hard.hard_masked_attention(*a, zh, H, hd, z_out=zo), [h3, wq, wk, wv, wo])
         res.append((frac, ffn_hard, ffn_soft, attn_hard))
     return res
 
@@ -162,40 +183,57 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if cuda else "cpu-tiny (no GPU: reference path, fp32)"
     torch.manual_seed(0)
     rows, hard_rows = [], []
+
+    def measure(fn):
+        """(eager-launch ms, CUDA-graph ms or None) of one fwd+bwd closure."""
+        return timer(fn, a.reps, a.warmup, cuda), graph_timer(fn, a.reps, a.warmup) if cuda else None
+
     for model, s in shapes.items():
         for op, variants in cases(s, dev, dt):
-            ms = {k: timer(fwd_bwd(f, ins), a.reps, a.warmup, cuda) for k, (f, ins) in variants.items()}
-            row = dict(model=model, op=op, ms=ms, a_over_c=ms["a"] / ms["c"], b_over_a=ms["b"] / ms["a"])
-            if "a_fused" in ms:
-                row["a_fused_over_c"] = ms["a_fused"] / ms["c"]
+            t = {k: measure(fwd_bwd(f, ins)) for k, (f, ins) in variants.items()}
+            ms, gms = {k: v[0] for k, v in t.items()}, {k: v[1] for k, v in t.items()}
+            row = dict(model=model, op=op, ms=ms, graph_ms=gms, a_over_c=ms["a"] / ms["c"], b_over_a=ms["b"] / ms["a"])
+            if all(v is not None for v in gms.values()):
+                row.update(graph_a_over_c=gms["a"] / gms["c"], graph_b_over_a=gms["b"] / gms["a"])
+                if "a_fused" in gms:
+                    row["graph_a_fused_over_c"] = gms["a_fused"] / gms["c"]
             rows.append(row)
-            print(f"{model:13s} {op:22s} " + " ".join(f"{k}={v:.3f}ms" for k, v in ms.items()), flush=True)
+            print(f"{model:13s} {op:22s} " + " ".join(f"{k}={v[0]:.3f}/{v[1] or 0:.3f}ms" for k, v in t.items()),
+                  flush=True)
         for frac, ffn_hard, ffn_soft, attn_hard in hard_cases(s, dev, dt):
-            t = dict(ffn_hard=timer(ffn_hard, a.reps, a.warmup, cuda), ffn_soft=timer(ffn_soft, a.reps, a.warmup, cuda),
-                     attn_hard=timer(attn_hard, a.reps, a.warmup, cuda))
-            hard_rows.append(dict(model=model, kept=frac, ms=t))
-            print(f"{model:13s} hard kept={frac:.2f} " + " ".join(f"{k}={v:.3f}ms" for k, v in t.items()), flush=True)
+            t = {k: measure(f) for k, f in dict(ffn_hard=ffn_hard, ffn_soft=ffn_soft, attn_hard=attn_hard).items()}
+            hard_rows.append(dict(model=model, kept=frac, ms={k: v[0] for k, v in t.items()},
+                                  graph_ms={k: v[1] for k, v in t.items()}))
+            print(f"{model:13s} hard kept={frac:.2f} " + " ".join(f"{k}={v[0]:.3f}/{v[1] or 0:.3f}ms"
+                                                                    for k, v in t.items()), flush=True)
         if cuda:
             torch.cuda.empty_cache()
+
+    def f3(v):
+        return "-" if v is None else f"{v:.3f}"
     print(f"\n## {device_name}, torch {torch.__version__}, dtype {dt}, fwd+bwd median of {a.reps}")
-    print(f"| model | op | (a) Triton ms | (b) eager ms | (c) dense ms | (a)/(c) | (b)/(a) | fused-GEMM (a')/(c) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("eager = host launches each kernel (no sync between reps); graph = CUDA-graph replay (device cost only)")
+    print("| model | op | (a) ms eager/graph | (b) ms eager/graph | (c) ms eager/graph | (a)/(c) eager | (a)/(c) graph "
+          "| (b)/(a) eager | (b)/(a) graph | fused-GEMM (a')/(c) graph |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r_ in rows:
-        ms = r_["ms"]
-        fused = f"{r_['a_fused_over_c']:.3f}" if "a_fused_over_c" in r_ else "-"
-        print(f"| {r_['model']} | {r_['op']} | {ms['a']:.3f} | {ms['b']:.3f} | {ms['c']:.3f} | "
-              f"{r_['a_over_c']:.3f} | {r_['b_over_a']:.2f} | {fused} |")
-    print("\n| model | kept | FFN hard ms | FFN hard / hard@1.0 | FFN soft ms | attn block hard ms | attn / attn@1.0 |")
+        ms, g = r_["ms"], r_["graph_ms"]
+        print(f"| {r_['model']} | {r_['op']} | {ms['a']:.3f}/{f3(g['a'])} | {ms['b']:.3f}/{f3(g['b'])} | "
+              f"{ms['c']:.3f}/{f3(g['c'])} | {r_['a_over_c']:.3f} | {f3(r_.get('graph_a_over_c'))} | "
+              f"{r_['b_over_a']:.2f} | {f3(r_.get('graph_b_over_a'))} | {f3(r_.get('graph_a_fused_over_c'))} |")
+    print("\n| model | kept | FFN hard ms (eager/graph) | FFN hard / hard@1.0 | FFN soft ms | attn block hard ms "
+          "(eager/graph) | attn / attn@1.0 |")
     print("|---|---|---|---|---|---|---|")
     base = {}
     for h in hard_rows:
+        key = "graph_ms" if all(v is not None for v in h["graph_ms"].values()) else "ms"
         if h["kept"] == 1.0:
-            base[h["model"]] = h["ms"]
-        b0 = base[h["model"]]
-        h["ffn_vs_full"] = h["ms"]["ffn_hard"] / b0["ffn_hard"]
-        h["attn_vs_full"] = h["ms"]["attn_hard"] / b0["attn_hard"]
-        print(f"| {h['model']} | {h['kept']:.2f} | {h['ms']['ffn_hard']:.3f} | {h['ffn_vs_full']:.2f} | "
-              f"{h['ms']['ffn_soft']:.3f} | {h['ms']['attn_hard']:.3f} | {h['attn_vs_full']:.2f} |")
+            base[h["model"]] = h[key]
+        b0, t = base[h["model"]], h[key]
+        h["ffn_vs_full"], h["attn_vs_full"] = t["ffn_hard"] / b0["ffn_hard"], t["attn_hard"] / b0["attn_hard"]
+        print(f"| {h['model']} | {h['kept']:.2f} | {h['ms']['ffn_hard']:.3f}/{f3(h['graph_ms']['ffn_hard'])} | "
+              f"{h['ffn_vs_full']:.2f} | {h['ms']['ffn_soft']:.3f} | "
+              f"{h['ms']['attn_hard']:.3f}/{f3(h['graph_ms']['attn_hard'])} | {h['attn_vs_full']:.2f} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import triton  # noqa: F401 (version for the record)
