@@ -10,10 +10,10 @@ import json
 
 import pytest
 import torch
+from tiny_models import make_tiny_hf_model
 
 from megadrp.export import export_from_model
 from megadrp.model import load_pretrained
-from tiny_models import make_tiny_hf_model
 
 SECRET = "hf_notARealTokenButSecret123"
 

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import make_tiny_hf_model
 from transformers import AutoModelForCausalLM
 
 from megadrp.config.schema import TargetShape
@@ -17,7 +18,6 @@ from megadrp.export import ExportError, export_from_model, prune_state_dict
 from megadrp.masks.hard_concrete import deterministic
 from megadrp.masks.target import resolve_target
 from megadrp.model import load_pretrained
-from tiny_models import make_tiny_hf_model
 
 TARGET = {"hidden_size": 48, "num_key_value_heads": None, "num_attention_heads": None, "intermediate_size": 80,
           "num_hidden_layers": 3}

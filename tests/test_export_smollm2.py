@@ -10,7 +10,8 @@ MODEL = Path(__file__).resolve().parents[1] / ".cache" / "models" / "smollm2-135
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"real SmolLM2 not at {MODEL} (make setup converts it)")
+@pytest.mark.skipif(not (MODEL / "config.json").is_file(),
+                    reason=f"real SmolLM2 not at {MODEL} (tools/convert_smollm2.py writes it)")
 def test_smollm2_slice_export_matches_masked_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from test_train_fixtures import REPO, free_port, make_workspace, run_env, write_config
 
 

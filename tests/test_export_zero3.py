@@ -79,10 +79,11 @@ def _run_writer(nproc: int, src: Path, run_dir: Path, masks_file: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """(source folder, 2-rank run dir, 1-rank run dir) sharing source weights and learned masks."""
+    from tiny_models import make_tiny_hf_model
+
     from megadrp.config.schema import TargetShape
     from megadrp.masks import MaskSet
     from megadrp.model import read_shape
-    from tiny_models import make_tiny_hf_model
 
     base = tmp_path_factory.mktemp("zero3")
     src = make_tiny_hf_model(base, "llama", num_attention_heads=4, num_key_value_heads=2, seed=2)

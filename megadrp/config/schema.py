@@ -211,7 +211,12 @@ class ExportConfig:
     private: bool = opt(False, "Create the Hub repo as private.")
 
     def check(self, prefix: str = "export"):
-        pass
+        import re
+
+        if not re.fullmatch(r"\d+\s*(KB|MB|GB|TB)?", str(self.max_shard_size).strip(), re.IGNORECASE):
+            raise ConfigError(f"{prefix}.max_shard_size", self.max_shard_size, "a size like 5GB, 500MB or a byte count")
+        if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.push_to_hub):
+            raise ConfigError(f"{prefix}.push_to_hub", self.push_to_hub, "a Hub repo id 'owner/name', or empty")
 
 
 @dataclass

@@ -16,8 +16,14 @@ import torch
 from megadrp.export.card import base_model_id, build_model_card, source_license
 from megadrp.export.checkpoint import load_checkpoint_for_export
 from megadrp.export.prune import ExportError, kept_counts, prune_state_dict
-from megadrp.export.writer import (AtomicFolder, copy_tokenizer, hf_config, save_generation_config, save_weights,
-                                   torch_dtype)
+from megadrp.export.writer import (
+    AtomicFolder,
+    copy_tokenizer,
+    hf_config,
+    save_generation_config,
+    save_weights,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 SHAPE_TARGETS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
@@ -133,7 +139,7 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
         config.save_pretrained(tmp)
         save_weights(hf_sd, tmp, dtype, max_shard_size, progress=progress)
         if copy_tokenizer([tokenizer_src, source_model_dir], tmp) is None:
-            log.warning("no tokenizer files found in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
+            log.warning("no tokenizer files in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
         save_generation_config(config, Path(source_model_dir) if source_model_dir else None, tmp)
         build_model_card(info).save(tmp / "README.md")
         (tmp / "megadrp_export.json").write_text(json.dumps(
@@ -175,7 +181,8 @@ def export_checkpoint(ckpt_or_run_dir, out_dir, dtype: str = "bfloat16", max_sha
     source_dir = (config.get("model") or {}).get("path") or None
     tokenizer_dir = ckpt / "tokenizer"
     card_info = {"mode": state["mode"], "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
-                 "domain_weights": _domain_weights(state, config), "dro_method": (config.get("dro") or {}).get("method"),
+                 "domain_weights": _domain_weights(state, config),
+                 "dro_method": (config.get("dro") or {}).get("method"),
                  "eval": _eval_results(ckpt, eval_json), "checkpoint": str(ckpt)}
     return export_from_model(internal_sd, masks, source, state["family"], out_dir,
                              tokenizer_src=str(tokenizer_dir) if tokenizer_dir.is_dir() else None,

@@ -26,9 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from megadrp.config.schema import ConfigError
     from megadrp.export.api import export_checkpoint
     from megadrp.export.prune import ExportError
 
+    try:  # the same checks as the config's export section, before any heavy work
+        ExportConfig(dtype=args.dtype, max_shard_size=args.max_shard_size, push_to_hub=args.push_to_hub or "",
+                     private=args.private).check()
+    except ConfigError as err:
+        print(f"megadrp export: {err}", file=sys.stderr)
+        return 2
     try:
         out = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
                                 eval_json=args.eval_json, progress=not args.no_progress)

@@ -49,14 +49,20 @@ def save_weights(hf_sd: Mapping[str, torch.Tensor], folder: Path, dtype: str, ma
     from tqdm.auto import tqdm
 
     target = torch_dtype(dtype)
-    sd = {k: v.detach().to("cpu", target).contiguous() for k, v in hf_sd.items()}
-    split = split_torch_state_dict_into_shards(sd, max_shard_size=max_shard_size)
+    if isinstance(max_shard_size, str) and max_shard_size.strip().isdigit():  # a byte count
+        max_shard_size = int(max_shard_size)
+    # Plan shards on meta tensors of the export dtype (sizes right, no memory), then cast one shard at a time,
+    # so a large export holds at most one shard's copy beyond the fp32 state dict.
+    meta = {k: torch.empty(v.shape, dtype=target, device="meta") for k, v in hf_sd.items()}
+    split = split_torch_state_dict_into_shards(meta, max_shard_size=max_shard_size)
     files = list(split.filename_to_tensors.items())
     for name, keys in tqdm(files, desc="writing safetensors", unit="shard", disable=not progress):
-        save_file({k: sd[k] for k in keys}, str(folder / name), metadata={"format": "pt"})
+        shard = {k: hf_sd[k].detach().to("cpu", target).contiguous() for k in keys}
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        del shard
     if split.is_sharded:
-        index = {"metadata": dict(split.metadata, total_size=sum(t.numel() * t.element_size() for t in sd.values())),
-                 "weight_map": split.tensor_to_filename}
+        total = sum(t.numel() * t.element_size() for t in meta.values())
+        index = {"metadata": dict(split.metadata, total_size=total), "weight_map": split.tensor_to_filename}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return [name for name, _ in files]
 
