@@ -39,6 +39,8 @@ def train_steps(model, batches: Iterator[torch.Tensor], steps: int, lr: float,
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
+        if regularizer is not None:
+            regularizer.after_step(step)
         if step % log_interval == 0 or step == steps - 1:
             rec = {"step": step, "lm_loss": float(loss.detach())}
             if regularizer is not None:

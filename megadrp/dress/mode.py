@@ -60,6 +60,7 @@ class DressMode(Mode):
         return {"dress_penalty": self.reg.loss_term(step - 1).to(self.trainer.device)}
 
     def after_step(self, step):
+        self.reg.after_step(step - 1)
         if step == self.max_steps:
             self.export(Path(self.trainer.cfg.run_dir) / "pruned")
 

@@ -2,6 +2,7 @@
 
     reg = DressRegularizer(model, masks, cfg.dress).attach()   # before deepspeed.initialize under ZeRO-3
     loss = lm_loss + reg.loss_term(step)                      # right after the forward pass
+    reg.after_step(step)                                      # after the optimizer step (proximal mode)
     reg.metrics(step)                                         # selected-slice norms, coefficient, penalty
 
 Both the DeepSpeed trainer's dress mode (megadrp.dress.mode) and the plain-torch loop (megadrp.dress.loop,
@@ -24,22 +25,37 @@ def hf_to_model_names(model) -> dict[str, str]:
     return {hf: internal for internal, hf in fam.key_map(shape.num_hidden_layers, shape.tie_word_embeddings).items()}
 
 
+APPLY = ("loss", "proximal")
+
+
+def _scale_slice(w: torch.Tensor, s, factor: float) -> None:
+    axis = 0 if w.dim() == 1 else s.axis
+    idx = s.index.to(w.device)
+    w.index_copy_(axis, idx, w.index_select(axis, idx) * factor)
+
+
 class DressRegularizer:
     """Penalty on the coupled slices of the units that ``masks`` (0/1 keep masks) remove."""
 
     def __init__(self, model, masks: Mapping[str, torch.Tensor], penalty: str = "l2", penalty_init: float = 1e-3,
-                 penalty_final: float = 1.0, regularize_steps: int = 100, shape=None, names: Optional[dict] = None):
+                 penalty_final: float = 1.0, regularize_steps: int = 100, shape=None, names: Optional[dict] = None,
+                 apply: str = "loss"):
+        if apply not in APPLY:
+            raise ValueError(f"dress.apply = {apply!r}; choose one of {APPLY}")
+        self.apply = apply
         shape = shape or model.shape
         names = names or hf_to_model_names(model)
         self.slices = coupled_slices(masks, shape, names.keys())
         self.penalty = SlicePenalty(model, self.slices, penalty, to_model_name=names.__getitem__)
+        params = dict(model.named_parameters())
+        self._targets = [(params[names[s.param]], s) for s in self.slices]
         self.init, self.final, self.steps = penalty_init, penalty_final, regularize_steps
         self._last: dict = {}
 
     @classmethod
     def from_config(cls, model, masks, dress_cfg, **kw) -> "DressRegularizer":
         return cls(model, masks, dress_cfg.penalty, dress_cfg.penalty_init, dress_cfg.penalty_final,
-                   dress_cfg.regularize_steps, **kw)
+                   dress_cfg.regularize_steps, apply=dress_cfg.apply, **kw)
 
     def attach(self) -> "DressRegularizer":
         self.penalty.attach()
@@ -52,11 +68,33 @@ class DressRegularizer:
         return penalty_coefficient(step, self.steps, self.init, self.final)
 
     def loss_term(self, step: int) -> torch.Tensor:
-        """coefficient(step) * penalty of the forward pass just run (differentiable scalar)."""
+        """coefficient(step) * penalty of the forward pass just run (differentiable scalar); 0 when proximal."""
         value = self.penalty.total()
         coef = self.coefficient(step)
         self._last = {"dress_coef": coef, "dress_penalty": float(value.detach())}
-        return coef * value
+        return coef * value if self.apply == "loss" else torch.zeros((), device=value.device)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Proximal mode: after the optimizer step, w_S <- (1 - min(coef, 1)) * w_S on every selected slice.
+
+        The proximal map of a squared-L2 penalty is a multiplicative shrink; doing it outside the optimizer keeps
+        Adam from normalising the pull away (through Adam a slice only moves ~lr per step whatever the
+        coefficient). A final coefficient of 1 leaves the slices exactly zero. Under ZeRO-3 the edit goes to the
+        fp32 master copy (deepspeed.utils.safe_set_full_fp32_param), or the next step would overwrite it.
+        """
+        if self.apply != "proximal":
+            return
+        keep = 1.0 - min(self.coefficient(step), 1.0)
+        for p, s in self._targets:
+            if hasattr(p, "ds_id"):
+                from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+                full = safe_get_full_fp32_param(p)
+                _scale_slice(full, s, keep)
+                safe_set_full_fp32_param(p, full)
+            else:
+                _scale_slice(p.data, s, keep)
 
     def metrics(self) -> dict:
         """Coefficient, penalty and the L2 norm of the selected slices (per family and all) of the last step."""
