@@ -191,6 +191,29 @@ def test_refuses_masks_that_cannot_reach_the_target(runs, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_dense_cpt_checkpoint_converts_without_pruning(runs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from megadrp.export import export_checkpoint, load_checkpoint_for_export
+    from megadrp.model import MaskedCausalLM, ModelShape
+
+    _, _, run1 = runs
+    cpt = tmp_path / "cpt" / "checkpoints" / "step_1"
+    shutil.copytree(run1 / "checkpoints" / "step_1", cpt)
+    state = torch.load(cpt / "megadrp_state.pt", weights_only=False)
+    state.update(mode="cpt", masks=None)
+    torch.save(state, cpt / "megadrp_state.pt")
+    out = export_checkpoint(cpt, tmp_path / "dense", dtype="float32", progress=False)
+    sd, _ = load_checkpoint_for_export(cpt)
+    model = MaskedCausalLM(ModelShape.from_dict(state["source_shape"]), "llama").eval()
+    model.load_state_dict(sd)
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert hf.config.hidden_size == 64 and hf.config.num_hidden_layers == 4
+    ids = torch.randint(0, 512, (1, 11), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max().item() <= 1e-5
+
+
 def test_refuses_missing_shards_and_non_checkpoints(runs, tmp_path):
     from megadrp.export import ExportError, load_checkpoint_for_export
 
