@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -51,7 +52,7 @@ def _encode(batch: list[tuple[str, ...]]) -> list[tuple[np.ndarray, np.ndarray]]
                 if seq:
                     seq.append(eod)
         lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((t for s in ids for t in s), dtype=np.int64, count=int(lengths.sum()))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         out.append((lengths, flat))
     return out
 
