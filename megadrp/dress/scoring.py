@@ -35,11 +35,15 @@ def _all_units(shape) -> dict[str, torch.Tensor]:
             "hidden": torch.zeros(shape.hidden_size)}
 
 
+def _zeros(shape) -> dict[str, torch.Tensor]:
+    return {"head": torch.zeros(shape.num_hidden_layers, shape.num_key_value_heads),
+            "intermediate": torch.zeros(shape.num_hidden_layers, shape.intermediate_size),
+            "hidden": torch.zeros(shape.hidden_size)}
+
+
 def _unit_sums(model, values: dict[str, torch.Tensor], shape) -> dict[str, torch.Tensor]:
     """Per-unit sums of ``values`` (HF-named tensors, e.g. |w*g|) over every unit's coupled slices."""
-    out = {"head": torch.zeros(shape.num_hidden_layers, shape.num_key_value_heads),
-           "intermediate": torch.zeros(shape.num_hidden_layers, shape.intermediate_size),
-           "hidden": torch.zeros(shape.hidden_size)}
+    out = _zeros(shape)
     for s in coupled_slices(_all_units(shape), shape, values.keys()):
         family, _, layer = s.group.partition(".")
         n = out[family].shape[-1]
@@ -143,7 +147,7 @@ def score_units(model, batches: Iterable[torch.Tensor], criterion: str = "activa
     was_training = model.training
     model.eval()
     params = _hf_params(model)
-    taylor = {k: torch.zeros_like(v) for k, v in _unit_sums(model, params, shape).items()}
+    taylor = _zeros(shape)
     hooks = _ActivationHooks(model, with_units=criterion == "activation")
     try:
         with hooks:
