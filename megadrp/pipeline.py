@@ -1,0 +1,129 @@
+"""End-to-end stages shared by `tools/demo.py` and `tools/experiment.py`.
+
+Each stage runs the `megadrp` subcommand a user would run, in its own process (training needs its own
+launcher and process group anyway), and is skipped when its output is complete and newer than its input,
+so re-running a pipeline costs nothing for finished stages. A failed stage stops the pipeline with the
+command to look at; finished stages are kept.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def banner(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def run(cmd: list[str], env: dict | None = None) -> float:
+    """Run one command from the repository root; return its wall time; raise StageFailed on error."""
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise StageFailed(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                          "Fix the error above and run again: finished stages are kept.")
+    seconds = time.time() - t0
+    print(f"    ({seconds:.0f} s)", flush=True)
+    return seconds
+
+
+def megadrp(*args: str) -> list[str]:
+    return [sys.executable, "-m", "megadrp", *args]
+
+
+def newer(path: str, than: str) -> bool:
+    return os.path.exists(path) and (not os.path.exists(than) or os.path.getmtime(path) >= os.path.getmtime(than))
+
+
+def corpus_domains(corpus: str) -> list[str]:
+    """Domain names of a corpus built by tools/build_corpus.py, in the manifest's order."""
+    path = os.path.join(corpus, "manifest.json")
+    if not os.path.exists(path):
+        raise StageFailed(f"{path} is missing: build the corpus first (make corpus)")
+    with open(path, encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    names = manifest.get("domains", manifest)
+    return list(names) if isinstance(names, (dict, list)) else []
+
+
+def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[str], workers: int = 2) -> dict:
+    """Tokenise CORPUS/{train,heldout}/DOMAIN.jsonl into BIN_DIR/{train,heldout}_DOMAIN.bin/.idx."""
+    prefixes = {}
+    for split in ("train", "heldout"):
+        prefix = os.path.join(bin_dir, split)
+        prefixes[split] = prefix
+        inputs = [os.path.join(corpus, split, f"{d}.jsonl") for d in domains]
+        if all(newer(f"{prefix}_{d}.idx", i) for d, i in zip(domains, inputs)):
+            print(f"cached: {prefix}_*.bin/.idx")
+            continue
+        run(megadrp("preprocess", "--input", *inputs, "--output-prefix", prefix, "--tokenizer", tokenizer,
+                    "--append-eod", "--per-domain", "--workers", str(workers), "--no-progress"))
+    return prefixes
+
+
+def latest_step(run_dir: str) -> int:
+    steps = []
+    for path in glob.glob(os.path.join(run_dir, "checkpoints", "step_*")):
+        tail = path.rsplit("_", 1)[1]
+        if tail.isdigit() and os.path.isdir(path):
+            steps.append(int(tail))
+    return max(steps, default=-1)
+
+
+def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, overrides: list[str]) -> None:
+    """`megadrp MODE` to max_steps, resuming a killed run; skipped when its final checkpoint exists."""
+    if latest_step(run_dir) >= max_steps:
+        print(f"cached: {run_dir} finished at step {latest_step(run_dir)}")
+        return
+    run(megadrp(mode, "--config", config, "--nproc", str(nproc), "--resume", "auto", f"run_dir={run_dir}",
+                f"optim.max_steps={max_steps}", *overrides))
+
+
+def export(run_dir: str, out_dir: str, dtype: str = "float32") -> str:
+    """`megadrp export` of the run's latest checkpoint, unless an export newer than it exists."""
+    if newer(os.path.join(out_dir, "config.json"), os.path.join(run_dir, "checkpoints", "latest")):
+        print(f"cached: {out_dir}")
+        return out_dir
+    run(megadrp("export", run_dir, "--output", out_dir, "--dtype", dtype, "--no-progress"))
+    return out_dir
+
+
+def copy_folder(src: str, dst: str) -> str:
+    """Copy an HF folder (e.g. DReSS's RUN_DIR/pruned) to where the pipeline expects it, atomically."""
+    if newer(os.path.join(dst, "config.json"), os.path.join(src, "config.json")):
+        return dst
+    tmp = dst + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    return dst
+
+
+def evaluate(models: dict[str, str], corpus: str, out_json: str, seq_length: int, max_windows: int,
+             device: str | None = None) -> dict:
+    """`megadrp eval` of labelled HF folders on the held-out split; cached while newer than every model."""
+    stamps = [os.path.join(path, "config.json") for path in models.values()]
+    if os.path.exists(out_json) and all(newer(out_json, s) for s in stamps):
+        print(f"cached: {out_json}")
+    else:
+        cmd = megadrp("eval", "--model", *[f"{k}={v}" for k, v in models.items()], "--corpus", corpus,
+                      "--seq-length", str(seq_length), "--max-windows", str(max_windows), "--output", out_json,
+                      "--markdown", os.path.splitext(out_json)[0] + ".md")
+        if device:
+            cmd += ["--device", device]
+        run(cmd)
+    with open(out_json, encoding="utf-8") as fh:
+        return json.load(fh)
