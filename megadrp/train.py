@@ -15,6 +15,7 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by a launcher: make the repository importable
@@ -42,6 +43,8 @@ def _is_main_env() -> bool:
 def run(argv: list[str], mode: str | None = None) -> int:
     """Train in this process (one rank of a launched job, or a single in-process rank)."""
     args = _parser("megadrp/train.py", with_launch=False).parse_intermixed_args(argv)
+    # torch 2.13 warns at every ZeRO-3 collective that DeepSpeed calls a deprecated name: once per step per rank.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from megadrp.config import ConfigError, load_config

@@ -200,9 +200,25 @@ class Trainer:
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
                  "mode_state": self.mode.state_dict()}
         state.update(self.mode.state_dict())  # "masks", "lagrangian" at the top level, as export reads them
+        self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)
         _log(f"checkpoint {self.last_checkpoint}")
+
+
+    def _check_ranks_agree(self) -> None:
+        """Masks, multipliers and domain weights must be bit-identical on every rank (they are replicated state
+        updated from all-reduced numbers); a checkpoint of diverged replicas would resume differently."""
+        import hashlib
+
+        h = hashlib.sha256(str(self.reweighter.weights.tolist()).encode())
+        for v in self.mode.state_dict().values():
+            for t in (v.values() if isinstance(v, dict) else []):
+                if isinstance(t, torch.Tensor):
+                    h.update(t.detach().cpu().numpy().tobytes())
+        digests = dist.all_gather_object(h.hexdigest())
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"replicated state differs between ranks at step {self.step}: {digests}")
 
 
 def _listdir(path) -> list:

@@ -34,9 +34,11 @@ def weight_param_groups(model: torch.nn.Module, weight_decay: float) -> List[dic
 
 
 def make_weight_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
-    # foreach=False: ZeRO-3 hands the optimizer flat fp32 partitions, one tensor per group; nothing to batch.
+    # ZeRO hands the optimizer flat fp32 partitions, one tensor per group: nothing for foreach to batch; on
+    # CUDA the fused kernel does the whole update in one launch.
     return torch.optim.AdamW(weight_param_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
-                             betas=(optim_cfg.beta1, optim_cfg.beta2), eps=1e-8, foreach=False)
+                             betas=(optim_cfg.beta1, optim_cfg.beta2), eps=1e-8, foreach=False,
+                             fused=torch.cuda.is_available())
 
 
 class SideOptimizer:

@@ -1,0 +1,220 @@
+"""Training-step benchmark: tokens/s and MFU of `prune` (masked model + masks + Lagrangian + side optimizer)
+against `cpt` (the same model, dense) in one process, same shape, same run.
+
+    python tools/bench_train.py                                # tiny CPU shape, through DeepSpeed ZeRO-3
+    python tools/bench_train.py --shape llama-1b --seq 2048    # on a GPU: bf16, a 1.3B LLaMA shape
+    python tools/bench_train.py --shape llama-1b --no-deepspeed  # plain torch step (no deepspeed installed)
+
+Weights are random (the step cost does not depend on them). Every step is a full training step: forward,
+per-token CE, the mode's loss terms, backward, optimizer step(s). Prints a table with the prune/cpt step-time
+ratio and writes JSON (default runs/bench/train.json). MFU = flops_per_token x tokens/s / peak
+(megadrp/trainer/mfu.py; --peak-tflops for devices missing from its table, CPU included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+SHAPES = {
+    # name: (vocab, d, H, G, m, L); head_dim = d / H
+    "tiny": (512, 64, 4, 2, 128, 4),
+    "small": (32000, 512, 8, 4, 1408, 8),
+    "llama-1b": (32000, 2048, 16, 16, 5504, 16),   # ~1.3B with LM head: Sheared-LLaMA-1.3B's shape
+    "llama-1b-gqa": (32000, 2048, 16, 8, 5504, 16),
+}
+
+
+def make_shape(name: str):
+    from megadrp.model import ModelShape
+
+    v, d, h, g, m, layers = SHAPES[name]
+    return ModelShape(vocab_size=v, hidden_size=d, num_attention_heads=h, num_key_value_heads=g, head_dim=d // h,
+                      intermediate_size=m, num_hidden_layers=layers, max_position_embeddings=8192)
+
+
+def half_target(shape):
+    """A target of about half the source's width per family (what the masks' cost does not depend on)."""
+    from megadrp.config import TargetShape
+
+    ratio = shape.num_attention_heads // shape.num_key_value_heads
+    g = max(1, shape.num_key_value_heads // 2)
+    return TargetShape(hidden_size=shape.hidden_size // 2, num_attention_heads=g * ratio, num_key_value_heads=g,
+                       intermediate_size=shape.intermediate_size // 2,
+                       num_hidden_layers=max(1, shape.num_hidden_layers // 2))
+
+
+def build_cfg(args, shape):
+    from megadrp.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.pruning.target = half_target(shape)
+    cfg.optim.micro_batch_size, cfg.optim.max_steps, cfg.optim.lr = args.micro_batch, 1000, 1e-5
+    cfg.model.activation_checkpointing = args.activation_checkpointing
+    return cfg
+
+
+def ds_config(args, precision: str) -> dict:
+    zero = {"stage": args.zero_stage}
+    if args.zero_stage == 3:
+        zero.update(stage3_param_persistence_threshold=0 if args.shape == "tiny" else int(1e6),
+                    stage3_prefetch_bucket_size=int(5e8), overlap_comm=True)
+    return {"train_micro_batch_size_per_gpu": args.micro_batch, "gradient_accumulation_steps": 1,
+            "train_batch_size": args.micro_batch, "gradient_clipping": 1.0, "zero_optimization": zero,
+            "bf16": {"enabled": precision == "bf16"}, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+
+
+def make_model(shape, precision, device, args):
+    from megadrp.model import MaskedCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    model = MaskedCausalLM(shape, "llama", dtype=dtype, activation_checkpointing=args.activation_checkpointing)
+    model.init_weights(generator=torch.Generator().manual_seed(0))
+    return model.to(device)
+
+
+class Runner:
+    """One model + optimizer; `step(masked)` runs a full training step in prune or cpt mode."""
+
+    def __init__(self, args, shape, precision, device):
+        from megadrp.trainer.modes import PruneMode
+        from megadrp.trainer.optim import make_weight_optimizer
+
+        self.args, self.device = args, device
+        cfg = build_cfg(args, shape)
+        model = make_model(shape, precision, device, args)
+        optimizer = make_weight_optimizer(model, cfg.optim)
+        if args.no_deepspeed:
+            self.model, self.optimizer, self.engine = model, optimizer, None
+        else:
+            from megadrp.trainer import engine as engine_mod
+
+            self.engine = engine_mod.initialize(model, optimizer, ds_config(args, precision))
+            self.model = self.engine
+        self.prune = PruneMode()
+        self.prune.setup(SimpleNamespace(cfg=cfg, shape=shape, device=device, engine=self.engine))
+        self.vocab, self.step_no = shape.vocab_size, 0
+
+    def step(self, masked: bool) -> None:
+        self.step_no += 1
+        tokens = torch.randint(0, self.vocab, (self.args.micro_batch, self.args.seq + 1), device=self.device)
+        masks = self.prune.train_masks(self.step_no, 0) if masked else None
+        logits = self.model(tokens[:, :-1], masks)
+        tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                                   reduction="none")
+        loss = tok_loss.mean()
+        if masked:
+            loss = loss + sum(self.prune.loss_terms(self.step_no, 0).values())
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if masked:
+            self.prune.after_step(self.step_no)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(runner, masked: bool, steps: int, warmup: int, device) -> list:
+    for _ in range(warmup):
+        runner.step(masked)
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        runner.step(masked)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: tiny on CPU, llama-1b on GPU")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default 128 CPU, 2048 GPU)")
+    p.add_argument("--micro-batch", type=int, default=None, help="sequences per step (default 2 CPU, 4 GPU)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per mode and round")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="cpt/prune alternations (medians over all rounds)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=3)
+    p.add_argument("--no-deepspeed", action="store_true", help="plain torch step of the same model and masks")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak of this device when not in the table")
+    p.add_argument("--out", default="runs/bench/train.json")
+    args = p.parse_args(argv)
+
+    from megadrp.trainer import dist
+    from megadrp.trainer.mfu import flops_per_token, peak_flops
+
+    device = dist.device()
+    gpu = device.type == "cuda"
+    args.shape = args.shape or ("llama-1b" if gpu else "tiny")
+    args.seq = args.seq or (2048 if gpu else 128)
+    args.micro_batch = args.micro_batch or (4 if gpu else 2)
+    precision = args.precision if args.precision != "auto" else ("bf16" if gpu else "fp32")
+    torch.manual_seed(0)
+    if not args.no_deepspeed:
+        dist.ensure_single_process_env()
+        dist.init_distributed()
+    shape = make_shape(args.shape)
+    runner = Runner(args, shape, precision, device)
+
+    times = {"cpt": [], "prune": []}
+    for _ in range(args.rounds):  # alternate so drift (clocks, caches) hits both modes alike
+        for mode in ("cpt", "prune"):
+            times[mode] += measure(runner, mode == "prune", args.steps, args.warmup, device)
+
+    tokens = args.micro_batch * args.seq
+    fpt = flops_per_token(shape, args.seq)
+    peak = peak_flops(device, args.peak_tflops)
+    results = {}
+    for mode, ts in times.items():
+        med = statistics.median(ts)
+        tps = tokens / med
+        results[mode] = {"step_s_median": med, "step_s_min": min(ts), "tokens_per_s": tps,
+                         "mfu": None if peak is None else tps * fpt / peak, "steps": len(ts)}
+    ratio = results["prune"]["step_s_median"] / results["cpt"]["step_s_median"]
+    device_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                                 f"{torch.get_num_threads()} threads)"
+    out = {"benchmark": "train_step", "device": device_name, "torch": torch.__version__,
+           "deepspeed": None if args.no_deepspeed else __import__("deepspeed").__version__,
+           "zero_stage": None if args.no_deepspeed else args.zero_stage, "precision": precision,
+           "shape": args.shape, "params": shape.num_params(), "seq_length": args.seq, "micro_batch": args.micro_batch,
+           "activation_checkpointing": args.activation_checkpointing, "flops_per_token": fpt, "peak_flops": peak,
+           "results": results, "ratio_prune_over_cpt": ratio, "command": " ".join(sys.argv)}
+    print(f"\ntrain step, {args.shape} ({shape.num_params() / 1e6:.1f}M params), seq {args.seq} x {args.micro_batch}, "
+          f"{precision}, {'plain torch' if args.no_deepspeed else f'DeepSpeed ZeRO-{args.zero_stage}'}, {device_name}")
+    print(f"| mode  | step (median) | tokens/s | MFU |\n|---|---|---|---|")
+    for mode, r in results.items():
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"| {mode:5s} | {1000 * r['step_s_median']:.1f} ms | {r['tokens_per_s']:.0f} | {mfu} |")
+    print(f"prune / cpt step time: {ratio:.3f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    if not args.no_deepspeed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
