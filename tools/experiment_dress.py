@@ -52,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--num-hidden-layers", type=int, default=26)
     p.add_argument("--criterion", default="activation", choices=("activation", "taylor", "magnitude"))
     p.add_argument("--penalty", default="l2", choices=("l2", "l1", "group_l2"))
+    p.add_argument("--apply", default="proximal", choices=("loss", "proximal"))
     p.add_argument("--penalty-init", type=float, default=1e-3)
     p.add_argument("--penalty-final", type=float, default=1.0)
     p.add_argument("--reg-steps", type=int, default=20)
@@ -108,7 +109,6 @@ def bpb(model, tokenizer, heldout, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     from transformers import AutoTokenizer
 
     t_start = time.time()
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
 
     print("dress: regularise + cut + finetune ...", flush=True)
     dense = copy.deepcopy(source)
-    reg = DressRegularizer(dense, masks, args.penalty, args.penalty_init, args.penalty_final, args.reg_steps).attach()
+    reg = DressRegularizer(dense, masks, args.penalty, args.penalty_init, args.penalty_final, args.reg_steps,
+                           apply=args.apply).attach()
     results["logs"]["dress reg"] = train_steps(dense, on(args.device, batches(streams, args.batch_size, args.seq_length, 100)),
                                                args.reg_steps, args.lr, reg, log=log, log_interval=5)
     reg.detach()

@@ -234,12 +234,14 @@ class EvalConfig:
 
 @dataclass
 class DressConfig:
-    criterion: str = opt("taylor", "Importance criterion that selects the units to remove.",
+    criterion: str = opt("activation", "Importance criterion that selects the units to remove (activation: mean L2 "
+                         "of each unit's output contribution; taylor: sum |w * grad| over its slices; magnitude: "
+                         "weight norm). See docs/DRESS.md for the measurement behind the default.",
                          choices=("taylor", "activation", "magnitude"))
     calibration_batches: int = opt(8, "Batches of calibration data for importance scoring.")
     penalty: str = opt("l2", "Norm of the penalty on the selected slices: l2 (sum of squares), l1, or group_l2 "
                        "(sum over units of each unit's L2 norm).", choices=("l2", "l1", "group_l2"))
-    apply: str = opt("loss", "How the penalty acts: 'loss' adds coef * penalty to the LM loss (through the optimizer); "
+    apply: str = opt("proximal", "How the penalty acts: 'loss' adds coef * penalty to the LM loss (through the optimizer); "
                      "'proximal' shrinks the slices by (1 - coef) after each optimizer step (coef 1 zeroes them).",
                      choices=("loss", "proximal"))
     penalty_init: float = opt(1e-3, "Penalty coefficient at the first regularisation step.")
