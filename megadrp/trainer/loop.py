@@ -146,6 +146,10 @@ class Trainer:
     # ---- the run --------------------------------------------------------------------------------------
     def train(self) -> int:
         cfg = self.cfg
+        if self.step >= cfg.optim.max_steps:
+            _log(f"nothing to do: the run is already at step {self.step} of {cfg.optim.max_steps}")
+            self.wandb.finish()
+            return 0
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {dist.world_size()}, "
              f"{self.plan.precision}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}")
         window_tokens, window_start = 0, time.perf_counter()
