@@ -42,3 +42,13 @@ def test_dress_mode_zero3_regularises_and_exports_the_cut(ws):
     c = hf.config
     assert (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size,
             c.num_hidden_layers) == (48, 2, 1, 64, 3)
+
+    # step 3 of DReSS: the cut model finetunes with the ordinary cpt mode (domain reweighting on)
+    cpt_dir = tmp / "dress_cpt"
+    cpt_cfg = write_config(tmp, {**space, "model": str(run_dir / "pruned")}, cpt_dir, mode="cpt",
+                           optim={"max_steps": 3, "gradient_accumulation_steps": 1}, pruning={"target": {}},
+                           checkpoint={"save_interval": 3, "keep_last": 1})
+    proc = launch(deepspeed_cmd(cpt_cfg, "mode=cpt"), run_env(tmp), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cpt = read_metrics(cpt_dir)
+    assert len(cpt) == 3 and all(r["lm_loss"] < 8.0 for r in cpt)  # finite, in the trained model's range
