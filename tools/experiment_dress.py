@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     results["removed"] = {k: int((v == 0).sum()) for k, v in masks.items()}
 
     print("direct: cut + finetune ...", flush=True)
-    direct = pruned_copy(source, masks).to(args.device)
+    direct = pruned_copy(source, masks).to(args.device, dtype)
     results["achieved_shape"] = direct.shape.to_dict()
     results["bpb"]["direct cut"] = bpb(direct, tokenizer, heldout, args)
     results["logs"]["direct ft"] = train_steps(direct, on(args.device, batches(streams, args.batch_size, args.seq_length, 100)),
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                                                args.reg_steps, args.lr, reg, log=log, log_interval=5)
     reg.detach()
     results["bpb"]["dress reg (dense)"] = bpb(dense, tokenizer, heldout, args)
-    small = pruned_copy(dense, masks).to(args.device)
+    small = pruned_copy(dense, masks).to(args.device, dtype)
     del dense
     results["bpb"]["dress cut"] = bpb(small, tokenizer, heldout, args)
     # the finetuning data continue where regularisation stopped: both arms see the same token stream
