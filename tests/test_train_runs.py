@@ -12,11 +12,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from test_train_fixtures import (REPO, TRAIN, deepspeed_cmd, free_port, launch, make_workspace, read_metrics, run_env,
-                                 write_config)
+from test_train_fixtures import (
+    REPO,
+    TRAIN,
+    deepspeed_cmd,
+    free_port,
+    launch,
+    make_workspace,
+    read_metrics,
+    run_env,
+    write_config,
+)
 
 # Keys of a train record that must be identical between an uninterrupted and a resumed run.
 EXACT_KEYS = ("loss", "lm_loss", "lagrangian", "lr", "tokens_seen", "domain_weights", "domain_loss",
@@ -120,21 +128,26 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(ws):
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-def test_two_node_launch_on_localhost_trains_cpt(ws):
+def test_two_node_launch_on_localhost_trains_cpt(ws, reference_run):
+    """Two torchrun "nodes" on localhost, cpt mode, weights-only start from the prune run's last checkpoint."""
     tmp = ws["tmp"]
+    ref_dir = reference_run[0]
     run_dir = tmp / "two_nodes"
     config = write_config(tmp, ws, run_dir, mode="cpt", optim={"max_steps": 8},
                           data={"eval_prefix": ws["eval_prefix"]}, logging={"eval_interval": 4, "eval_batches": 1})
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                               TRAIN, "--config", str(config)], env=run_env(tmp), cwd=REPO,
+                               TRAIN, "--config", str(config), "--init-from", str(ref_dir / "checkpoints" / "step_12")],
+                              env=run_env(tmp), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-    assert "world size 2" in outs[0]
+    assert "world size 2" in outs[0] and "initialising weights from" in outs[0]
     recs = read_metrics(run_dir)
-    assert [r["step"] for r in recs] == list(range(1, 9))
+    assert [r["step"] for r in recs] == list(range(1, 9))  # weights only: the step count starts afresh
+    # The prune run's trained weights start lower than the source's untrained ones (6.2 at its step 1).
+    assert recs[0]["lm_loss"] < read_metrics(ref_dir)[0]["lm_loss"] - 0.2
     assert "expected_sparsity" not in recs[0]  # dense mode: no mask fields
     first = sum(r["lm_loss"] for r in recs[:3]) / 3
     last = sum(r["lm_loss"] for r in recs[-3:]) / 3

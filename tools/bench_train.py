@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -193,8 +192,8 @@ def main(argv=None) -> int:
         results[mode] = {"step_s_median": med, "step_s_min": min(ts), "tokens_per_s": tps,
                          "mfu": None if peak is None else tps * fpt / peak, "steps": len(ts)}
     ratio = results["prune"]["step_s_median"] / results["cpt"]["step_s_median"]
-    device_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()}, " \
-                                                                 f"{torch.get_num_threads()} threads)"
+    cpu_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = torch.cuda.get_device_name(device) if gpu else cpu_name
     out = {"benchmark": "train_step", "device": device_name, "torch": torch.__version__,
            "deepspeed": None if args.no_deepspeed else __import__("deepspeed").__version__,
            "zero_stage": None if args.no_deepspeed else args.zero_stage, "precision": precision,
@@ -203,7 +202,7 @@ def main(argv=None) -> int:
            "results": results, "ratio_prune_over_cpt": ratio, "command": " ".join(sys.argv)}
     print(f"\ntrain step, {args.shape} ({shape.num_params() / 1e6:.1f}M params), seq {args.seq} x {args.micro_batch}, "
           f"{precision}, {'plain torch' if args.no_deepspeed else f'DeepSpeed ZeRO-{args.zero_stage}'}, {device_name}")
-    print(f"| mode  | step (median) | tokens/s | MFU |\n|---|---|---|---|")
+    print("| mode  | step (median) | tokens/s | MFU |\n|---|---|---|---|")
     for mode, r in results.items():
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(f"| {mode:5s} | {1000 * r['step_s_median']:.1f} ms | {r['tokens_per_s']:.0f} | {mfu} |")

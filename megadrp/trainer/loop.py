@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from megadrp.config import save_config, to_dict
-from megadrp.trainer import checkpoint, dist, engine as engine_mod, faults, mfu as mfu_mod
+from megadrp.trainer import checkpoint, dist, faults
+from megadrp.trainer import engine as engine_mod
+from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer.build import Plan
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
 from megadrp.trainer.modes import get_mode
@@ -71,9 +73,12 @@ class Trainer:
         path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
         if path is not None:
             run_id = self._restore(path)
-        elif cfg.checkpoint.init_from and (checkpoint.STATE_FILE in _listdir(cfg.checkpoint.init_from)):
-            _log(f"initialising weights from {cfg.checkpoint.init_from} (weights only)")
-            checkpoint.load(self.engine, checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir), weights_only=True)
+        elif cfg.checkpoint.init_from and plan.weights_path != cfg.checkpoint.init_from:
+            # An HF folder was already loaded as the source weights (build.preflight); this is a checkpoint
+            # (or a run directory): its module weights only, same world size (ZeRO-3 shards are per rank).
+            init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)
+            _log(f"initialising weights from {init} (weights only)")
+            checkpoint.load(self.engine, init, weights_only=True)
         if dist.is_main():
             save_config(cfg, f"{cfg.run_dir}/config.yaml")
             if path is not None:
@@ -223,9 +228,3 @@ class Trainer:
         digests = dist.all_gather_object(h.hexdigest())
         if len(set(digests)) != 1:
             raise RuntimeError(f"replicated state differs between ranks at step {self.step}: {digests}")
-
-
-def _listdir(path) -> list:
-    import os
-
-    return os.listdir(path) if os.path.isdir(path) else []

@@ -130,7 +130,8 @@ class PruneMode(Mode):
     def step_line(self, record):
         sp = " ".join(f"{f}={record['expected_sparsity'][f]:.3f}/{record['target_sparsity'][f]:.3f}"
                       for f in record.get("expected_sparsity", {}))
-        return f"lagr {record.get('lagrangian', 0.0):+.4f} | sparsity {sp} | params {record.get('expected_params', 0):.3e}"
+        params = record.get("expected_params", 0)
+        return f"lagr {record.get('lagrangian', 0.0):+.4f} | sparsity {sp} | params {params:.3e}"
 
     def state_dict(self):
         return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
