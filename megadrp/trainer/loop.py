@@ -157,17 +157,19 @@ class Trainer:
             return 0
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {dist.world_size()}, "
              f"{self.plan.precision}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}")
-        window_tokens, window_start = 0, time.perf_counter()
+        # tokens/s over the training steps only: evaluation, checkpoints and logging are not in the window.
+        window_tokens, window_time = 0, 0.0
         try:
             while self.step < cfg.optim.max_steps:
                 step = self.step + 1
-                out = self.train_step(step)
+                t0 = time.perf_counter()
+                out = self.train_step(step)  # ends in host syncs (loss values), so the time is the step's
+                window_time += time.perf_counter() - t0
                 self.step = step
                 window_tokens += out["tokens"]
                 if step % cfg.logging.log_interval == 0 or step == cfg.optim.max_steps:
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    self._log_step(step, out, window_tokens / elapsed)
-                    window_tokens, window_start = 0, time.perf_counter()
+                    self._log_step(step, out, window_tokens / max(window_time, 1e-9))
+                    window_tokens, window_time = 0, 0.0
                 if self.heldout is not None and cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 \
                         and step != cfg.optim.max_steps:
                     self.evaluate(step)
