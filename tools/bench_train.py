@@ -172,6 +172,10 @@ def main(argv=None) -> int:
     precision = args.precision if args.precision != "auto" else ("bf16" if gpu else "fp32")
     torch.manual_seed(0)
     if not args.no_deepspeed:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            p.error("deepspeed is not installed here: install its wheel, or measure the plain step with --no-deepspeed")
         dist.ensure_single_process_env()
         dist.init_distributed()
     shape = make_shape(args.shape)
