@@ -196,6 +196,12 @@ def test_config_mismatch_fails_before_any_work(ws):
     assert "optim.global_batch_size" in proc.stderr and "multiple of micro_batch_size x world size" in proc.stderr
     assert not run_dir.exists()
 
+    # Training binaries that do not exist: every missing file named, with the command that makes them.
+    config = write_config(tmp, ws, tmp / "no_data", data={"prefix": str(tmp / "nowhere" / "train")})
+    proc = launch([sys.executable, "-m", "megadrp", "cpt", "--config", str(config)], run_env(tmp), timeout=120)
+    assert proc.returncode == 2 and "missing 4 data file(s)" in proc.stderr and "megadrp preprocess" in proc.stderr
+    assert not (tmp / "no_data").exists()
+
     # A target the source cannot be pruned to (more heads than the source has).
     config = write_config(tmp, ws, tmp / "bad_target", pruning={"target": {"num_attention_heads": 8}})
     proc = launch([sys.executable, "-m", "megadrp", "prune", "--config", str(config)], run_env(tmp), timeout=120)
