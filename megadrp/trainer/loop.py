@@ -53,7 +53,8 @@ class Trainer:
         torch.manual_seed(cfg.optim.seed)
         model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
         engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
-        self.engine = engine_mod.initialize(model, make_weight_optimizer(model, cfg.optim), plan.ds_config)
+        optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
+        self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
         self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,

@@ -33,7 +33,19 @@ def weight_param_groups(model: torch.nn.Module, weight_decay: float) -> List[dic
     return groups
 
 
-def make_weight_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
+def _offloads_optimizer(ds_config: Optional[dict]) -> bool:
+    zero = (ds_config or {}).get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+
+
+def make_weight_optimizer(model: torch.nn.Module, optim_cfg, ds_config: Optional[dict] = None):
+    if _offloads_optimizer(ds_config):
+        # With the optimizer offloaded, DeepSpeed refuses a torch optimizer (slow on CPU) and wants its own
+        # SIMD CPU Adam; it is JIT-compiled once (about 45 s, cached in TORCH_EXTENSIONS_DIR).
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(weight_param_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
+                                betas=(optim_cfg.beta1, optim_cfg.beta2), eps=1e-8, adamw_mode=True)
     # ZeRO hands the optimizer flat fp32 partitions, one tensor per group: nothing for foreach to batch; on
     # CUDA the fused kernel does the whole update in one launch.
     return torch.optim.AdamW(weight_param_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
