@@ -51,8 +51,10 @@ class Trainer:
 
         cfg, plan = self.cfg, self.plan
         torch.manual_seed(cfg.optim.seed)
+        path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
         model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
-        engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
+        if path is None:  # a resumed run takes every weight from the checkpoint: skip reading the source
+            engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
         self.mode = get_mode(cfg.mode)
@@ -71,7 +73,6 @@ class Trainer:
                                        cfg.logging.eval_batches, plan.tokenizer_path)
         self.metrics = MetricsFile(cfg.run_dir, dist.is_main())
         run_id = None
-        path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
         if path is not None:
             run_id = self._restore(path)
         elif cfg.checkpoint.init_from and plan.weights_path != cfg.checkpoint.init_from:
