@@ -2,7 +2,7 @@
 against `cpt` (the same model, dense) in one process, same shape, same run.
 
     python tools/bench_train.py                                # tiny CPU shape, through DeepSpeed ZeRO-3
-    python tools/bench_train.py --shape llama-1b --seq 2048    # on a GPU: bf16, a 1.3B LLaMA shape
+    python tools/bench_train.py --shape llama-1b --seq 2048    # on a GPU: bf16, a 0.94B LLaMA shape
     python tools/bench_train.py --shape llama-1b --no-deepspeed  # plain torch step (no deepspeed installed)
 
 Weights are random (the step cost does not depend on them). Every step is a full training step: forward,
@@ -30,7 +30,7 @@ SHAPES = {
     # name: (vocab, d, H, G, m, L); head_dim = d / H
     "tiny": (512, 64, 4, 2, 128, 4),
     "small": (32000, 512, 8, 4, 1408, 8),
-    "llama-1b": (32000, 2048, 16, 16, 5504, 16),   # ~1.3B with LM head: Sheared-LLaMA-1.3B's shape
+    "llama-1b": (32000, 2048, 16, 16, 5504, 16),   # 0.94B with LM head: Sheared-LLaMA-1.3B's widths, 16 layers
     "llama-1b-gqa": (32000, 2048, 16, 8, 5504, 16),
 }
 
