@@ -16,8 +16,10 @@ COMMANDS = {
     "cpt": ("megadrp.train", "main_cpt", "Continued pretraining of an exported (dense) model with domain reweighting."),
     "dress": ("megadrp.train", "main_dress", "DReSS: select units, regularise them away, prune, finetune."),
     "export": ("megadrp.export.cli", "main", "Export a prune/cpt checkpoint to a smaller dense Hugging Face folder."),
-    "eval": ("megadrp.eval.cli", "main", "Per-domain loss, perplexity and bits per byte of a model folder or checkpoint."),
-    "preprocess": ("megadrp.data.preprocess", "main", "Tokenise text/JSONL/parquet/HF datasets into Megatron .bin/.idx."),
+    "eval": ("megadrp.eval.cli", "main",
+             "Per-domain loss, perplexity and bits per byte of a model folder or checkpoint."),
+    "preprocess": ("megadrp.data.preprocess", "main",
+                   "Tokenise text/JSONL/parquet/HF datasets into Megatron .bin/.idx."),
     "report": ("megadrp.eval.report", "main", "Plots and a markdown summary from a run's metrics file."),
     "config": ("megadrp.cli", "config_main", "List every config field with its default and documentation."),
 }
@@ -25,8 +27,9 @@ COMMANDS = {
 
 def config_main(argv: list[str]) -> int:
     """Print the config reference (``megadrp config``) or a resolved config (``--config X [overrides]``)."""
-    from megadrp.config import describe, load_config, to_dict
     import yaml
+
+    from megadrp.config import describe, load_config, to_dict
 
     parser = argparse.ArgumentParser(prog="megadrp config", description=config_main.__doc__)
     parser.add_argument("--config", help="YAML recipe to resolve and print")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, _, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv[:1] or ["--help"])
+        parser.parse_args(argv[:1] or ["--help"])  # prints help, or exits 2 naming the bad command
         return 0
     from megadrp.config import ConfigError
     try:

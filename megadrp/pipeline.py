@@ -58,6 +58,11 @@ def corpus_domains(corpus: str) -> list[str]:
     return list(names) if isinstance(names, (dict, list)) else []
 
 
+def default_bin_dir(model: str) -> str:
+    """Where the pipelines keep a corpus tokenised with MODEL's tokenizer: .cache/bin/MODEL_NAME (git-ignored)."""
+    return os.path.join(".cache", "bin", os.path.basename(os.path.normpath(model)))
+
+
 def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[str], workers: int = 2) -> dict:
     """Tokenise CORPUS/{train,heldout}/DOMAIN.jsonl into BIN_DIR/{train,heldout}_DOMAIN.bin/.idx."""
     prefixes = {}

@@ -6,7 +6,13 @@ import pytest
 import yaml
 
 from megadrp.config import (
-    ConfigError, OptimConfig, RunConfig, check_deepspeed_json, describe, load_config, save_config,
+    ConfigError,
+    OptimConfig,
+    RunConfig,
+    check_deepspeed_json,
+    describe,
+    load_config,
+    save_config,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

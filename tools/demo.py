@@ -24,17 +24,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=".cache/models/smollm2-135m")
     p.add_argument("--corpus", default=".cache/corpus")
+    p.add_argument("--bin-dir", default=None, help="tokenised corpus (default: .cache/bin/MODEL_NAME)")
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--config", default="configs/demo_smollm2.yaml")
     p.add_argument("--nproc", type=int, default=2, help="CPU ranks (ZeRO-3 over gloo)")
-    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows of 256 tokens per domain")
+    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows per domain")
+    p.add_argument("--eval-seq-length", type=int, default=256, help="tokens per held-out window")
     p.add_argument("overrides", nargs="*", help="extra dotted config overrides for the prune run")
     args = p.parse_args(argv)
     os.chdir(pl.ROOT)
     t0 = time.time()
     try:
         domains = pl.corpus_domains(args.corpus)
-        bins = os.path.join(".cache", "bin", os.path.basename(os.path.normpath(args.model)))
+        bins = args.bin_dir or pl.default_bin_dir(args.model)
         pl.banner("1/5 tokenise the corpus into Megatron .bin/.idx, one pair per domain and split")
         prefixes = pl.preprocess_corpus(args.corpus, args.model, bins, domains)
 
@@ -51,8 +53,8 @@ def main(argv=None) -> int:
 
         pl.banner("4/5 evaluate the source and the pruned model per domain on the held-out split")
         eval_json = os.path.join(args.run_dir, "eval.json")
-        pl.evaluate({"source": args.model, "pruned": export_dir}, args.corpus, eval_json, seq_length=256,
-                    max_windows=args.eval_windows)
+        pl.evaluate({"source": args.model, "pruned": export_dir}, args.corpus, eval_json,
+                    seq_length=args.eval_seq_length, max_windows=args.eval_windows)
 
         pl.banner("5/5 report")
         pl.run(pl.megadrp("report", args.run_dir, "--output", os.path.join(args.run_dir, "report")))

@@ -74,6 +74,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", default=".cache/models/smollm2-135m")
     p.add_argument("--corpus", default=".cache/corpus")
+    p.add_argument("--bin-dir", default=None, help="tokenised corpus (default: .cache/bin/MODEL_NAME)")
     p.add_argument("--run-dir", default="runs/experiment")
     p.add_argument("--config", default="configs/experiment_smollm2.yaml")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         domains = pl.corpus_domains(args.corpus)
-        bins = os.path.join(".cache", "bin", os.path.basename(os.path.normpath(args.model)))
+        bins = args.bin_dir or pl.default_bin_dir(args.model)
         pl.banner("tokenise the corpus")
         prefixes = pl.preprocess_corpus(args.corpus, args.model, bins, domains)
         evals = {}

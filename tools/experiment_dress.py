@@ -141,8 +141,9 @@ def main(argv=None) -> int:
     direct = pruned_copy(source, masks).to(args.device, dtype)
     results["achieved_shape"] = direct.shape.to_dict()
     results["bpb"]["direct cut"] = bpb(direct, tokenizer, heldout, args)
-    results["logs"]["direct ft"] = train_steps(direct, on(args.device, batches(streams, args.batch_size, args.seq_length, 100)),
-                                               args.reg_steps + args.ft_steps, args.lr, log=log, log_interval=5)
+    direct_batches = on(args.device, batches(streams, args.batch_size, args.seq_length, 100))
+    results["logs"]["direct ft"] = train_steps(direct, direct_batches, args.reg_steps + args.ft_steps, args.lr,
+                                               log=log, log_interval=5)
     results["bpb"]["direct ft"] = bpb(direct, tokenizer, heldout, args)
     del direct
 
@@ -150,8 +151,9 @@ def main(argv=None) -> int:
     dense = copy.deepcopy(source)
     reg = DressRegularizer(dense, masks, args.penalty, args.penalty_init, args.penalty_final, args.reg_steps,
                            apply=args.apply).attach()
-    results["logs"]["dress reg"] = train_steps(dense, on(args.device, batches(streams, args.batch_size, args.seq_length, 100)),
-                                               args.reg_steps, args.lr, reg, log=log, log_interval=5)
+    reg_batches = on(args.device, batches(streams, args.batch_size, args.seq_length, 100))
+    results["logs"]["dress reg"] = train_steps(dense, reg_batches, args.reg_steps, args.lr, reg,
+                                               log=log, log_interval=5)
     reg.detach()
     results["bpb"]["dress reg (dense)"] = bpb(dense, tokenizer, heldout, args)
     small = pruned_copy(dense, masks).to(args.device, dtype)

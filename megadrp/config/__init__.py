@@ -2,8 +2,20 @@
 from megadrp.config.deepspeed_check import check_deepspeed_json, resolve_precision
 from megadrp.config.loader import apply_override, describe, from_dict, load_config, save_config, to_dict
 from megadrp.config.schema import (
-    CheckpointConfig, ConfigError, DataConfig, DeepSpeedConfig, DressConfig, DroConfig, EvalConfig, ExportConfig,
-    LoggingConfig, ModelConfig, OptimConfig, PruningConfig, RunConfig, TargetShape,
+    CheckpointConfig,
+    ConfigError,
+    DataConfig,
+    DeepSpeedConfig,
+    DressConfig,
+    DroConfig,
+    EvalConfig,
+    ExportConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimConfig,
+    PruningConfig,
+    RunConfig,
+    TargetShape,
 )
 
 __all__ = [

@@ -86,7 +86,8 @@ def check_deepspeed_json(path_or_dict, optim, precision: str, world_size: int) -
     ds["gradient_clipping"] = optim.grad_clip if clip == "auto" else clip
     if ds["gradient_clipping"] != optim.grad_clip:
         raise ConfigError("deepspeed.config:gradient_clipping", clip,
-                          f"{src} clips at {clip} but optim.grad_clip is {optim.grad_clip}; make them agree or use \"auto\"")
+                          f"{src} clips at {clip} but optim.grad_clip is {optim.grad_clip}; "
+                          "make them agree or use \"auto\"")
     for forbidden in ("optimizer", "scheduler"):
         if forbidden in ds:
             raise ConfigError(f"deepspeed.config:{forbidden}", ds[forbidden],

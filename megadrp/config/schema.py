@@ -62,7 +62,8 @@ class ModelConfig:
 class TargetShape:
     hidden_size: Optional[int] = opt(None, "Target residual width d'; null keeps the source's.")
     num_attention_heads: Optional[int] = opt(None, "Target query heads H'; null keeps the source's.")
-    num_key_value_heads: Optional[int] = opt(None, "Target key/value heads G'; null keeps the source's (or H' for MHA).")
+    num_key_value_heads: Optional[int] = opt(
+        None, "Target key/value heads G'; null keeps the source's (or H' for MHA).")
     intermediate_size: Optional[int] = opt(None, "Target FFN width m'; null keeps the source's.")
     num_hidden_layers: Optional[int] = opt(None, "Target number of decoder layers L'; null keeps the source's.")
 
@@ -73,7 +74,8 @@ class TargetShape:
         h, g = self.num_attention_heads, self.num_key_value_heads
         if h is not None and g is not None and h % g != 0:
             raise ConfigError(f"{prefix}.num_attention_heads", h,
-                              f"must be a multiple of num_key_value_heads ({g}) so every KV group keeps as many query heads")
+                              f"must be a multiple of num_key_value_heads ({g}) "
+                              "so every KV group keeps as many query heads")
 
 
 @dataclass
@@ -120,8 +122,10 @@ class DroConfig:
     rho: float = opt(0.1, "Radius of the chi-square ball around the reference ratio (DRPruning).")
     min_ratio: float = opt(0.2, "Floor on q_i / p_i (DRPruning's likelihood-ratio floor).")
     ema: float = opt(0.1, "EMA factor of the per-domain training loss (DRPruning).")
-    dynamic_reference_loss: bool = opt(True, "Fit l(D, s) = A D^-a s^-b + E and lower the references to its prediction.")
-    dynamic_ratio: bool = opt(True, "Move the reference ratio towards the DRO weights (EMA 0.1, clamped to [p0/2, 2p0]).")
+    dynamic_reference_loss: bool = opt(
+        True, "Fit l(D, s) = A D^-a s^-b + E and lower the references to its prediction.")
+    dynamic_ratio: bool = opt(
+        True, "Move the reference ratio towards the DRO weights (EMA 0.1, clamped to [p0/2, 2p0]).")
     sheared_smoothing: float = opt(1e-4, "Uniform smoothing c of Sheared-LLaMA's rule: (1-c) w + c/k.")
     fit_in_background: bool = opt(True, "Run the reference-loss fit in a background thread launched at one update and "
                                   "consumed at the next (same result as in the foreground, off the step path).")
@@ -159,13 +163,15 @@ class OptimConfig:
         _fraction(f"{prefix}.beta1", self.beta1, closed_top=False)
         _fraction(f"{prefix}.beta2", self.beta2, closed_top=False)
         if self.warmup_steps >= self.max_steps:
-            raise ConfigError(f"{prefix}.warmup_steps", self.warmup_steps, f"must be below optim.max_steps ({self.max_steps})")
+            raise ConfigError(f"{prefix}.warmup_steps", self.warmup_steps,
+                              f"must be below optim.max_steps ({self.max_steps})")
 
 
 @dataclass
 class DeepSpeedConfig:
     config: str = opt("ds_configs/zero3_bf16.json", "DeepSpeed JSON; checked against optim.* and precision.")
-    precision: str = opt("auto", "'auto' (bf16 on GPUs, fp32 on CPU), 'bf16', 'fp16' or 'fp32'; must agree with the JSON.",
+    precision: str = opt("auto", "'auto' (bf16 on GPUs, fp32 on CPU), 'bf16', 'fp16' or 'fp32'; "
+                         "must agree with the JSON.",
                          choices=("auto", "bf16", "fp16", "fp32"))
 
     def check(self, prefix: str = "deepspeed"):
@@ -241,7 +247,8 @@ class DressConfig:
     calibration_batches: int = opt(8, "Batches of calibration data for importance scoring.")
     penalty: str = opt("l2", "Norm of the penalty on the selected slices: l2 (sum of squares), l1, or group_l2 "
                        "(sum over units of each unit's L2 norm).", choices=("l2", "l1", "group_l2"))
-    apply: str = opt("proximal", "How the penalty acts: 'loss' adds coef * penalty to the LM loss (through the optimizer); "
+    apply: str = opt("proximal", "How the penalty acts: 'loss' adds coef * penalty to the LM loss "
+                     "(through the optimizer); "
                      "'proximal' shrinks the slices by (1 - coef) after each optimizer step (coef 1 zeroes them).",
                      choices=("loss", "proximal"))
     penalty_init: float = opt(1e-3, "Penalty coefficient at the first regularisation step.")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from megadrp.dress.regularizer import DressRegularizer
 from megadrp.dress.scoring import score_units
 from megadrp.dress.select import select_units

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from megadrp.dress.units import coupled_slices, slice_stats
-from megadrp.model.rope import apply_rope
 from megadrp.kernels import ops
+from megadrp.model.rope import apply_rope
 
 CRITERIA = ("activation", "taylor", "magnitude")
 

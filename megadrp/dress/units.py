@@ -72,7 +72,8 @@ def coupled_slices(masks: Mapping[str, torch.Tensor], shape, param_names) -> lis
                 q_idx, q_unit = _blocks(groups, rep * hd)
                 kv_idx, kv_unit = _blocks(groups, hd)
                 g = f"head.{i}"
-                for proj, idx, unit in (("q_proj", q_idx, q_unit), ("k_proj", kv_idx, kv_unit), ("v_proj", kv_idx, kv_unit)):
+                for proj, idx, unit in (("q_proj", q_idx, q_unit), ("k_proj", kv_idx, kv_unit),
+                                        ("v_proj", kv_idx, kv_unit)):
                     add(layer_param(i, proj), 0, idx, g, unit)
                     add(layer_param(i, proj, "bias"), 0, idx, g, unit)
                 add(layer_param(i, "o_proj"), 1, q_idx, g, q_unit)

@@ -57,7 +57,8 @@ def masked_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return reference.masked_rmsnorm(x, weight, eps, z_hidden)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              backend: str = "sdpa") -> torch.Tensor:  # noqa: F811 (an SDPA/flash choice, not the kernel switch)
     """Causal GQA attention without materialised K/V repeats; q [B, H, T, hd], k/v [B, G, T, hd].
 
     The head mask is not applied here: it is the z_in of o_proj's masked GEMM (folded into W_o's columns),
