@@ -63,6 +63,27 @@ def default_bin_dir(model: str) -> str:
     return os.path.join(".cache", "bin", os.path.basename(os.path.normpath(model)))
 
 
+def add_common_args(p, run_dir: str, config: str) -> None:
+    """The arguments every pipeline script shares (model, corpus, run folder, ranks, evaluation protocol)."""
+    p.add_argument("--model", default=".cache/models/smollm2-135m", help="source HF folder")
+    p.add_argument("--corpus", default=".cache/corpus", help="a corpus folder of tools/build_corpus.py")
+    p.add_argument("--bin-dir", default=None, help="tokenised corpus (default: .cache/bin/MODEL_NAME)")
+    p.add_argument("--run-dir", default=run_dir)
+    p.add_argument("--config", default=config, help="base run recipe (YAML)")
+    p.add_argument("--nproc", type=int, default=2, help="ranks per run (CPU: ZeRO-3 over gloo)")
+    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows per domain")
+    p.add_argument("--eval-seq-length", type=int, default=256, help="tokens per held-out window")
+    p.add_argument("overrides", nargs="*", help="extra dotted config overrides for every run")
+
+
+def tokenised_corpus(args, title: str) -> tuple[list[str], dict]:
+    """Chdir to the repository, then tokenise args.corpus (cached): its domains and {split: prefix}."""
+    os.chdir(ROOT)
+    domains = corpus_domains(args.corpus)
+    banner(title)
+    return domains, preprocess_corpus(args.corpus, args.model, args.bin_dir or default_bin_dir(args.model), domains)
+
+
 def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[str], workers: int = 2) -> dict:
     """Tokenise CORPUS/{train,heldout}/DOMAIN.jsonl into BIN_DIR/{train,heldout}_DOMAIN.bin/.idx."""
     prefixes = {}

@@ -22,23 +22,12 @@ from megadrp import pipeline as pl  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=".cache/models/smollm2-135m")
-    p.add_argument("--corpus", default=".cache/corpus")
-    p.add_argument("--bin-dir", default=None, help="tokenised corpus (default: .cache/bin/MODEL_NAME)")
-    p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--config", default="configs/demo_smollm2.yaml")
-    p.add_argument("--nproc", type=int, default=2, help="CPU ranks (ZeRO-3 over gloo)")
-    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows per domain")
-    p.add_argument("--eval-seq-length", type=int, default=256, help="tokens per held-out window")
-    p.add_argument("overrides", nargs="*", help="extra dotted config overrides for the prune run")
+    pl.add_common_args(p, run_dir="runs/demo", config="configs/demo_smollm2.yaml")
     args = p.parse_args(argv)
-    os.chdir(pl.ROOT)
     t0 = time.time()
     try:
-        domains = pl.corpus_domains(args.corpus)
-        bins = args.bin_dir or pl.default_bin_dir(args.model)
-        pl.banner("1/5 tokenise the corpus into Megatron .bin/.idx, one pair per domain and split")
-        prefixes = pl.preprocess_corpus(args.corpus, args.model, bins, domains)
+        domains, prefixes = pl.tokenised_corpus(
+            args, "1/5 tokenise the corpus into Megatron .bin/.idx, one pair per domain and split")
 
         pl.banner(f"2/5 prune with DRPruning's DRO on {args.nproc} CPU ranks under ZeRO-3")
         with open(args.config, encoding="utf-8") as fh:

@@ -72,27 +72,15 @@ def results_table(results: dict, domains: list[str]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--model", default=".cache/models/smollm2-135m")
-    p.add_argument("--corpus", default=".cache/corpus")
-    p.add_argument("--bin-dir", default=None, help="tokenised corpus (default: .cache/bin/MODEL_NAME)")
-    p.add_argument("--run-dir", default="runs/experiment")
-    p.add_argument("--config", default="configs/experiment_smollm2.yaml")
+    pl.add_common_args(p, run_dir="runs/experiment", config="configs/experiment_smollm2.yaml")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--steps", type=int, default=40, help="steps of the pruning / regularisation phase")
     p.add_argument("--cpt-steps", type=int, default=0, help="steps of continued pretraining after export")
-    p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
-    p.add_argument("--eval-windows", type=int, default=8)
-    p.add_argument("--eval-seq-length", type=int, default=256)
-    p.add_argument("overrides", nargs="*", help="dotted config overrides applied to every run")
     args = p.parse_args(argv)
-    os.chdir(pl.ROOT)
     t0 = time.time()
     try:
-        domains = pl.corpus_domains(args.corpus)
-        bins = args.bin_dir or pl.default_bin_dir(args.model)
-        pl.banner("tokenise the corpus")
-        prefixes = pl.preprocess_corpus(args.corpus, args.model, bins, domains)
+        domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
         evals = {}
         source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
                              args.eval_seq_length, args.eval_windows, args.device)

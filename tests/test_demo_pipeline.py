@@ -1,0 +1,135 @@
+"""`make demo`'s pipeline end to end on a tiny configuration, and the method comparison of tools/experiment.py.
+
+The same scripts as the real demo (tools/demo.py, tools/experiment.py) run every stage through the `megadrp`
+subcommands: preprocess a corpus folder laid out like `tools/build_corpus.py`'s, prune on 2 gloo ranks under
+ZeRO-3 with DRPruning's DRO, export, evaluate the source and the pruned model per domain, write the report.
+The second run must find every stage cached and redo nothing but the report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_train_fixtures import DOMAIN_TEXT  # noqa: E402
+
+TARGET = {"hidden_size": 48, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64,
+          "num_hidden_layers": 3}
+
+
+def _corpus(root: Path) -> Path:
+    """CORPUS/{train,heldout}/DOMAIN.jsonl + manifest.json, the layout tools/build_corpus.py writes."""
+    for split, docs in (("train", 40), ("heldout", 10)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for d, (domain, text) in enumerate(DOMAIN_TEXT.items()):
+            words = text.split(" ")
+            lines = [json.dumps({"text": " ".join(words[i % len(words):] + words[:i % len(words)])})
+                     for i in range(d, d + docs)]
+            (root / split / f"{domain}.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "manifest.json").write_text(json.dumps({"domains": {d: {} for d in DOMAIN_TEXT}}))
+    return root
+
+
+def _config(path: Path, max_steps: int) -> Path:
+    cfg = {
+        "mode": "prune", "run_dir": "unused",
+        "model": {"path": ""},
+        "pruning": {"target": TARGET, "warmup_fraction": 0.5, "lr_log_alpha": 0.5, "lr_lambda": 0.5},
+        "data": {"seq_length": 32},
+        "dro": {"method": "drpruning", "update_interval": 2, "fit_in_background": False},
+        "optim": {"max_steps": max_steps, "micro_batch_size": 2, "lr": 1e-3},
+        "deepspeed": {"config": str(REPO / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
+        "checkpoint": {"save_interval": max_steps},
+        "logging": {"log_interval": 1, "wandb_mode": "disabled"},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tiny_models import make_tiny_hf_model
+
+    tmp = tmp_path_factory.mktemp("demo")
+    model = make_tiny_hf_model(tmp, "llama", num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                               intermediate_size=128, num_hidden_layers=4, seed=0)
+    return {"tmp": tmp, "model": str(model), "corpus": str(_corpus(tmp / "corpus")), "bins": str(tmp / "bin")}
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_demo_pipeline_end_to_end_then_cached(workspace):
+    ws = workspace
+    run_dir = ws["tmp"] / "runs" / "demo"
+    cmd = ["tools/demo.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
+           "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "demo.yaml", 6)), "--nproc", "2",
+           "--eval-windows", "2", "--eval-seq-length", "32"]
+    out = _run(cmd)
+
+    # 1: one .bin/.idx pair per domain and split
+    for split in ("train", "heldout"):
+        for domain in DOMAIN_TEXT:
+            assert os.path.getsize(f"{ws['bins']}/{split}_{domain}.bin") > 0
+    # 2: the run finished with a final checkpoint and logged DRO weights for both domains
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if m.get("kind") == "train"]
+    assert max(m["step"] for m in steps) == 6
+    assert (run_dir / "checkpoints" / "step_6").is_dir()
+    # 3: the export has the target shape
+    hf = json.loads((run_dir / "export" / "config.json").read_text())
+    assert {k: hf[k] for k in TARGET} == TARGET
+    # 4: eval.json has loss / perplexity / bits per byte per domain for the source and the pruned model
+    ev = json.loads((run_dir / "eval.json").read_text())["models"]
+    assert set(ev) == {"source", "pruned"}
+    for label in ev:
+        for domain in DOMAIN_TEXT:
+            r = ev[label]["domains"][domain]
+            assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-6)
+            assert r["bits_per_byte"] > 0
+    assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
+    assert "| source | pruned |" in (run_dir / "eval.md").read_text()
+    # 5: the report: a summary and the plots
+    report = run_dir / "report"
+    assert (report / "summary.md").read_text().strip()
+    assert len(list(report.glob("*.png"))) >= 3
+    assert f"Everything is under {run_dir}/" in out
+
+    again = _run(cmd)
+    assert again.count("cached:") >= 4, again  # preprocess (2 splits), train, export, eval
+    assert "megadrp prune" not in again and "megadrp export" not in again and "megadrp eval" not in again
+
+
+def test_experiment_compares_methods_and_keeps_each_export(workspace):
+    ws = workspace
+    run_dir = ws["tmp"] / "runs" / "experiment"
+    out = _run(["tools/experiment.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
+                "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "exp.yaml", 4)),
+                "--methods", "uniform", "drpruning", "--steps", "4", "--nproc", "2",
+                "--eval-windows", "2", "--eval-seq-length", "32"])
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    assert set(results) == {"source (unpruned)", "uniform", "drpruning"}
+    for method in ("uniform", "drpruning"):
+        hf = json.loads((run_dir / method / "export" / "config.json").read_text())
+        assert {k: hf[k] for k in TARGET} == TARGET
+        ev = json.loads((run_dir / method / "eval.json").read_text())["models"][method]
+        assert ev == results[method]
+        assert ev["worst"]["bits_per_byte"] == max(r["bits_per_byte"] for r in ev["domains"].values())
+    # the two methods saw different domain mixes, so they end at different models
+    assert results["uniform"]["average"]["loss"] != results["drpruning"]["average"]["loss"]
+    table = (run_dir / "results.md").read_text()
+    assert "| uniform |" in table and "| drpruning |" in table and "worst" in table
+    assert "| drpruning |" in out
