@@ -89,6 +89,9 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     steps = [m for m in metrics if m.get("kind") == "train"]
     assert max(m["step"] for m in steps) == 6
     assert (run_dir / "checkpoints" / "step_6").is_dir()
+    # DRPruning's initial references: the source model's held-out loss per domain, measured before step 1
+    refs = [m["reference_loss"] for m in metrics if m.get("kind") == "reference"]
+    assert len(refs) == 1 and set(refs[0]) == set(DOMAIN_TEXT) and all(v > 0 for v in refs[0].values())
     # 3: the export has the target shape
     hf = json.loads((run_dir / "export" / "config.json").read_text())
     assert {k: hf[k] for k in TARGET} == TARGET

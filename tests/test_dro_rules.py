@@ -66,6 +66,23 @@ def test_drpruning_ema_starts_from_first_observation():
     assert rw.ema[0] == pytest.approx(0.9 * 3.0 + 0.1 * 1.0) and rw.ema[1] == 2.0
 
 
+def test_drpruning_measured_references_replace_first_observations():
+    cfg = DroConfig(update_interval=1, dynamic_reference_loss=False, dynamic_ratio=False)
+    rw = make_reweighter(cfg, DOMAINS, COUNTS, 100)
+    assert rw.needs_reference_losses()
+    with pytest.raises(ValueError, match="one finite reference loss per domain"):
+        rw.set_reference_losses([2.0, float("nan"), 3.0])
+    rw.set_reference_losses([2.0, 1.0, 3.0])  # what the trainer measures on held-out text before step 1
+    assert not rw.needs_reference_losses()
+    rw.observe(1, [3.0, 6.0, 3.5], [1.0, 2.0, 1.0])  # a first observation no longer sets the reference
+    np.testing.assert_allclose(rw.ref, [2.0, 1.0, 3.0])
+    rw.update(1)
+    np.testing.assert_allclose(rw.last_excess, [1.0, 2.0, 0.5])
+    given = make_reweighter(cfg, DOMAINS, COUNTS, 100, reference_losses=[1.0, 1.0, 1.0])
+    assert not given.needs_reference_losses()
+    assert not make_reweighter(DroConfig(method="sheared"), DOMAINS, COUNTS, 100).needs_reference_losses()
+
+
 def test_drpruning_all_negative_excess_scales_references():
     cfg = DroConfig(update_interval=1, dynamic_reference_loss=False, dynamic_ratio=False, rho=0.1, min_ratio=0.2)
     refs = [3.0, 2.0, 4.0]

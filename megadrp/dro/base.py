@@ -100,6 +100,13 @@ class DomainReweighter(ABC):
         self.last_step = int(step)
         self._observe(step, *mean_losses(loss_sum, count))
 
+    def needs_reference_losses(self) -> bool:
+        """True for a rule that measures excess loss and was given no per-domain references."""
+        return False
+
+    def set_reference_losses(self, losses: Sequence[float]) -> None:
+        raise NotImplementedError(f"the {self.name} rule has no reference losses")
+
     def _observe(self, step: int, mean: np.ndarray, present: np.ndarray):
         """Per-step hook of a rule (mean is 0 where present is False)."""
 

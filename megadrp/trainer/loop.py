@@ -81,6 +81,8 @@ class Trainer:
             init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)
             _log(f"initialising weights from {init} (weights only)")
             checkpoint.load(self.engine, init, weights_only=True)
+        if path is None and self.heldout is not None and self.reweighter.needs_reference_losses():
+            self._measure_reference_losses()
         if dist.is_main():
             save_config(cfg, f"{cfg.run_dir}/config.yaml")
             if path is not None:
@@ -89,6 +91,21 @@ class Trainer:
         self.flops_per_token = mfu_mod.flops_per_token(self.shape, cfg.data.seq_length)
         self.peak = mfu_mod.peak_flops(self.device, cfg.logging.peak_tflops)
         return self
+
+    def _measure_reference_losses(self) -> None:
+        """DRPruning's initial l_ref when none is configured: the starting model's own (unmasked) held-out
+        loss per domain. Without it each domain's first training observation would serve, a single noisy
+        micro-batch that, under small batches, can pin a domain's weight low for the whole run."""
+        losses = self.heldout.run(self.engine, None, self.device)["eval_loss"]
+        domains = list(self.cfg.data.domains)
+        missing = [d for d in domains if d not in losses]
+        if missing:
+            _log(f"no held-out windows for {missing}: DRO references start from the first training losses")
+            return
+        self.reweighter.set_reference_losses([losses[d] for d in domains])
+        self.metrics.write({"kind": "reference", "step": 0, "reference_loss": losses})
+        _log("DRO reference losses (held-out, starting model): " +
+             " ".join(f"{d}={losses[d]:.3f}" for d in domains))
 
     def _restore(self, path) -> str:
         state = checkpoint.read_state(path)
