@@ -150,6 +150,7 @@ def evaluate(models: dict[str, str], corpus: str, out_json: str, seq_length: int
                       "--markdown", os.path.splitext(out_json)[0] + ".md")
         if device:
             cmd += ["--device", device]
-        run(cmd)
+        # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
+        run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
     with open(out_json, encoding="utf-8") as fh:
         return json.load(fh)
