@@ -86,6 +86,9 @@ class PruningConfig:
     temperature: float = opt(2.0 / 3.0, "Hard-concrete temperature beta.")
     lr_log_alpha: float = opt(1.0, "Learning rate of the mask parameters (log_alpha).")
     lr_lambda: float = opt(1.0, "Learning rate of the Lagrange multipliers (gradient ascent).")
+    protect_massive_dims: float = opt(
+        10.0, "Never mask hidden dims whose residual-stream RMS on a calibration batch exceeds this multiple of "
+        "the median (massive activations; 0 disables). See megadrp/masks/outliers.py.")
 
     def check(self, prefix: str = "pruning"):
         self.target.check(f"{prefix}.target")
@@ -93,6 +96,7 @@ class PruningConfig:
         _positive(f"{prefix}.temperature", self.temperature)
         _positive(f"{prefix}.lr_log_alpha", self.lr_log_alpha, allow_zero=True)
         _positive(f"{prefix}.lr_lambda", self.lr_lambda, allow_zero=True)
+        _positive(f"{prefix}.protect_massive_dims", self.protect_massive_dims, allow_zero=True)
 
 
 @dataclass

@@ -27,14 +27,19 @@ def score(log_alpha: torch.Tensor, beta: float = BETA) -> torch.Tensor:
     return 1.0 - torch.sigmoid(beta * math.log(-GAMMA / ZETA) - log_alpha)
 
 
-def deterministic(log_alpha: torch.Tensor, num_zeros: int, beta: float = BETA) -> torch.Tensor:
+def deterministic(log_alpha: torch.Tensor, num_zeros: int, beta: float = BETA,
+                  protected: torch.Tensor | None = None) -> torch.Tensor:
     """soft = sigmoid(log_alpha / beta * 0.8) with the num_zeros smallest of each row (last dim) set to 0.
 
     1-D input: the n smallest overall; 2-D [L, n]: the n smallest of each row, so every layer keeps the same
-    width. Kept units keep their soft value (export folds it into the weights).
+    width. Kept units keep their soft value (export folds it into the weights). ``protected`` units (a bool
+    tensor like log_alpha) are never zeroed and are exactly 1, as they were in every training sample.
     """
     soft = torch.sigmoid(log_alpha.detach() / beta * DETERMINISTIC_SCALE)
+    if protected is not None:
+        soft = torch.where(protected, torch.ones_like(soft), soft)
     if num_zeros <= 0:
         return soft
-    idx = soft.topk(num_zeros, dim=-1, largest=False).indices
+    rank = soft if protected is None else soft.masked_fill(protected, float("inf"))
+    idx = rank.topk(num_zeros, dim=-1, largest=False).indices
     return soft.scatter(-1, idx, 0.0)

@@ -58,6 +58,30 @@ class MaskSet(nn.Module):
             x = torch.normal(init_mean, 1e-2, self.shapes[f], generator=gen, dtype=torch.float32)
             la[f] = nn.Parameter(x.clamp(hc.LOG_ALPHA_MIN, hc.LOG_ALPHA_MAX).to(device))
         self.log_alpha = nn.ParameterDict(la)
+        if "hidden" in self.families:
+            # Hidden dims that are never masked (massive activations: see megadrp/masks/outliers.py). A buffer,
+            # so it travels with the masks in every checkpoint and reaches export.
+            self.register_buffer("protected_hidden", torch.zeros(s.hidden_size, dtype=torch.bool, device=device))
+
+    def protect_hidden(self, dims) -> None:
+        """Never mask these hidden dims: every sample and the deterministic mask keep them at exactly 1."""
+        if "hidden" not in self.families:
+            return
+        keep = torch.zeros_like(self.protected_hidden)
+        keep[torch.as_tensor(list(dims), dtype=torch.long)] = True
+        if int(keep.sum()) > self.target.hidden_size:
+            raise ConfigError("pruning.target.hidden_size", self.target.hidden_size,
+                              f"is smaller than the {int(keep.sum())} protected hidden dims (massive activations); "
+                              "raise it or lower pruning.protect_massive_dims")
+        self.protected_hidden.copy_(keep)
+
+    def _protected(self, family: str) -> Optional[torch.Tensor]:
+        p = getattr(self, f"protected_{family}", None)
+        return p if p is not None and bool(p.any()) else None
+
+    def _keep(self, family: str, values: torch.Tensor) -> torch.Tensor:
+        p = self._protected(family)
+        return values if p is None else torch.where(p, torch.ones_like(values), values)
 
     def extra_repr(self) -> str:
         return f"families={self.families}, target={self.target}"
@@ -76,16 +100,17 @@ class MaskSet(nn.Module):
             if f in self.log_alpha:
                 la = self.log_alpha[f]
                 u = torch.rand(la.shape, generator=gen, dtype=torch.float32) * (1 - 2 * hc.EPS) + hc.EPS
-                out[f] = hc.sample(la, u.to(la.device), self.temperature)
+                out[f] = self._keep(f, hc.sample(la, u.to(la.device), self.temperature))
         return out
 
     def expected_scores(self) -> Dict[str, torch.Tensor]:
         """P(unit kept) per active family, same shapes as log_alpha, differentiable."""
-        return {f: hc.score(self.log_alpha[f], self.temperature) for f in FAMILY_ORDER if f in self.log_alpha}
+        return {f: self._keep(f, hc.score(self.log_alpha[f], self.temperature))
+                for f in FAMILY_ORDER if f in self.log_alpha}
 
     def deterministic(self) -> Dict[str, torch.Tensor]:
         """Eval/export masks: soft values with exactly the pruned units at 0 (per layer for head/intermediate)."""
-        return {f: hc.deterministic(self.log_alpha[f], self.num_zeros[f], self.temperature)
+        return {f: hc.deterministic(self.log_alpha[f], self.num_zeros[f], self.temperature, self._protected(f))
                 for f in FAMILY_ORDER if f in self.log_alpha}
 
     def expected_sparsity(self) -> Dict[str, torch.Tensor]:

@@ -81,6 +81,8 @@ class Trainer:
             init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)
             _log(f"initialising weights from {init} (weights only)")
             checkpoint.load(self.engine, init, weights_only=True)
+        if path is None:
+            self._calibrate()
         if path is None and self.heldout is not None and self.reweighter.needs_reference_losses():
             self._measure_reference_losses()
         if dist.is_main():
@@ -91,6 +93,15 @@ class Trainer:
         self.flops_per_token = mfu_mod.flops_per_token(self.shape, cfg.data.seq_length)
         self.peak = mfu_mod.peak_flops(self.device, cfg.logging.peak_tflops)
         return self
+
+    def _calibrate(self) -> None:
+        record = self.mode.calibrate(self)
+        if record is None:
+            return
+        self.metrics.write(record)
+        if record.get("protected_hidden"):
+            _log(f"protected hidden dims (massive activations, RMS {record['protected_rms']} vs median "
+                 f"{record['median_rms']:.2f}): {record['protected_hidden']}")
 
     def _measure_reference_losses(self) -> None:
         """DRPruning's initial l_ref when none is configured: the starting model's own (unmasked) held-out

@@ -25,6 +25,10 @@ class Mode:
         """Called once the engine exists (trainer.cfg, .shape, .device, .engine are set)."""
         self.trainer = trainer
 
+    def calibrate(self, trainer) -> Optional[dict]:
+        """Once, before step 1 of a fresh run (a resumed run restores the result); returns a metrics record."""
+        return None
+
     def train_masks(self, step: int, micro_step: int) -> Optional[Dict[str, torch.Tensor]]:
         return None
 
@@ -88,6 +92,28 @@ class PruneMode(Mode):
         self.seed, self.max_steps = cfg.optim.seed, cfg.optim.max_steps
         self.warmup_fraction = cfg.pruning.warmup_fraction
         self._last_terms: Dict[str, float] = {}
+
+    @torch.no_grad()
+    def calibrate(self, trainer):
+        """Protect massive-activation hidden dims (megadrp/masks/outliers.py) found on one training batch."""
+        ratio = trainer.cfg.pruning.protect_massive_dims
+        if "hidden" not in self.masks.families or ratio <= 0:
+            return None
+        from megadrp.data import DomainMixtureSampler
+        from megadrp.masks.outliers import massive_dims, residual_rms
+        from megadrp.trainer import dist
+
+        cfg = trainer.cfg
+        probe = DomainMixtureSampler(trainer.plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
+                                     seed=cfg.optim.seed + 1, rank=dist.rank(), world_size=dist.world_size(),
+                                     weights=trainer.reweighter.weights)
+        tokens = probe.next_batch()["tokens"][:, :-1].to(trainer.device)
+        model = getattr(trainer.engine, "module", trainer.engine)
+        rms = residual_rms(model, lambda: trainer.engine(tokens, None), dist.all_reduce_sum)
+        dims = massive_dims(rms, ratio)
+        self.masks.protect_hidden(dims)
+        return {"kind": "calibration", "step": 0, "protected_hidden": dims,
+                "protected_rms": [round(float(rms[d]), 2) for d in dims], "median_rms": float(rms.median())}
 
     def train_masks(self, step, micro_step):
         return self.masks.sample(self.seed, step, micro_step)
