@@ -159,3 +159,12 @@ def test_cli_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for name in ("prune", "cpt", "dress", "export", "eval", "preprocess", "report"):
         assert name in out
+
+
+def test_dress_regularisation_must_fit_in_the_run():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["mode=dress", "optim.max_steps=40"])
+    assert info.value.field_path == "dress.regularize_steps"
+    assert "exceeds optim.max_steps (40)" in str(info.value) and "<= optim.max_steps" in str(info.value)
+    load_config(None, ["mode=dress", "optim.max_steps=40", "dress.regularize_steps=40"]).check()
+    load_config(None, ["mode=prune", "optim.max_steps=40"]).check()  # only the dress mode regularises

@@ -30,7 +30,7 @@ METHODS = {
     "uniform": ("prune", ["dro.method=constant"]),
     "sheared": ("prune", ["dro.method=sheared"]),
     "drpruning": ("prune", ["dro.method=drpruning"]),
-    "dress": ("dress", ["dro.method=drpruning"]),
+    "dress": ("dress", ["dro.method=drpruning"]),  # + dress.regularize_steps = --steps (run_method)
 }
 
 
@@ -42,7 +42,10 @@ def run_method(name: str, args, prefixes: dict, domains: list[str]) -> str:
               *args.overrides]
     pl.banner(f"{name}: {mode} for {args.steps} steps")
     first = os.path.join(base, "prune")
-    pl.train(mode, args.config, first, args.steps, args.nproc, [f"model.path={args.model}", *common])
+    first_overrides = [f"model.path={args.model}", *common]
+    if mode == "dress":  # the penalty reaches its final value at the last step, so the cut is lossless
+        first_overrides.append(f"dress.regularize_steps={args.steps}")
+    pl.train(mode, args.config, first, args.steps, args.nproc, first_overrides)
     if mode == "dress":  # the dress mode writes the cut model itself
         pruned = pl.copy_folder(os.path.join(first, "pruned"), os.path.join(first, "export"))
     else:

@@ -290,3 +290,8 @@ class RunConfig:
         if self.dro.reference_losses and self.data.domains and len(self.dro.reference_losses) != len(self.data.domains):
             raise ConfigError("dro.reference_losses", self.dro.reference_losses,
                               f"needs one loss per domain of data.domains ({len(self.data.domains)})")
+        if self.mode == "dress" and self.dress.regularize_steps > self.optim.max_steps:
+            raise ConfigError("dress.regularize_steps", self.dress.regularize_steps,
+                              f"exceeds optim.max_steps ({self.optim.max_steps}): the penalty would stop short of "
+                              "dress.penalty_final and the cut would not be lossless; set dress.regularize_steps "
+                              "<= optim.max_steps")
