@@ -76,8 +76,8 @@ class MaskSet(nn.Module):
         self.protected_hidden.copy_(keep)
 
     def _protected(self, family: str) -> Optional[torch.Tensor]:
-        p = getattr(self, f"protected_{family}", None)
-        return p if p is not None and bool(p.any()) else None
+        # The buffer itself, even when all False: testing .any() here would sync the device every micro-step.
+        return getattr(self, "protected_hidden", None) if family == "hidden" else None
 
     def _keep(self, family: str, values: torch.Tensor) -> torch.Tensor:
         p = self._protected(family)

@@ -81,10 +81,10 @@ class Trainer:
             init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)
             _log(f"initialising weights from {init} (weights only)")
             checkpoint.load(self.engine, init, weights_only=True)
-        if path is None:
+        if path is None:  # a resumed run restores both from its checkpoint
             self._calibrate()
-        if path is None and self.heldout is not None and self.reweighter.needs_reference_losses():
-            self._measure_reference_losses()
+            if self.heldout is not None and self.reweighter.needs_reference_losses():
+                self._measure_reference_losses()
         if dist.is_main():
             save_config(cfg, f"{cfg.run_dir}/config.yaml")
             if path is not None:
