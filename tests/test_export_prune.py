@@ -138,7 +138,7 @@ def test_bfloat16_export_and_bad_masks(tmp_path):
     # An export that fails leaves no folder behind and an unrelated folder is never overwritten.
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("x")
-    with pytest.raises(ExportError, match="not a previous export"):
+    with pytest.raises(ExportError, match="not written by megadrp export"):
         export_from_model(model.state_dict(), None, model.shape, "llama", tmp_path / "precious", progress=False)
     assert (tmp_path / "precious" / "notes.txt").read_text() == "x"
     assert not list(tmp_path.glob(".*tmp-*"))

@@ -17,7 +17,9 @@ from megadrp.export.card import base_model_id, build_model_card, source_license
 from megadrp.export.checkpoint import load_checkpoint_for_export
 from megadrp.export.prune import ExportError, kept_counts, prune_state_dict
 from megadrp.export.writer import (
+    EXPORT_MARKER,
     AtomicFolder,
+    check_output_folder,
     copy_tokenizer,
     hf_config,
     save_generation_config,
@@ -117,7 +119,8 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
     [k] for layer/hidden, [L, k] per layer for head/intermediate), or None for a dense export. With
     ``target`` (a ``pruning.target`` dict) the masks must reach it exactly.
     """
-    torch_dtype(dtype)  # fail on a bad dtype before any work
+    torch_dtype(dtype)  # fail on a bad dtype or a folder we may not replace before any work
+    check_output_folder(out_dir)
     family_name = family if isinstance(family, str) else family.name
     if target is not None:
         check_reaches_target(masks, source_shape, target)
@@ -142,7 +145,7 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
             log.warning("no tokenizer files in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
         save_generation_config(config, Path(source_model_dir) if source_model_dir else None, tmp)
         build_model_card(info).save(tmp / "README.md")
-        (tmp / "megadrp_export.json").write_text(json.dumps(
+        (tmp / EXPORT_MARKER).write_text(json.dumps(
             {k: info[k] for k in ("family", "source_shape", "achieved_shape", "target_shape", "num_params",
                                   "source_num_params", "step", "tokens_seen", "mode") if k in info},
             indent=2, default=str) + "\n")
@@ -172,6 +175,7 @@ def export_checkpoint(ckpt_or_run_dir, out_dir, dtype: str = "bfloat16", max_sha
     from megadrp.model.shape import ModelShape
 
     torch_dtype(dtype)
+    check_output_folder(out_dir)  # before consolidating the shards (minutes at 70B)
     internal_sd, state = load_checkpoint_for_export(ckpt_or_run_dir)
     ckpt = Path(state["checkpoint_dir"])
     source = state["source_shape"]

@@ -91,15 +91,32 @@ def save_generation_config(config, source_dir: Optional[Path], folder: Path) -> 
     gen.save_pretrained(folder)
 
 
-def _looks_like_export(path: Path) -> bool:
-    return not any(path.iterdir()) or (path / "config.json").is_file()
+EXPORT_MARKER = "megadrp_export.json"  # written into every export; only such a folder is ever replaced
+
+
+def check_output_folder(out_dir: str | Path) -> Path:
+    """Refuse an ``--output`` that megadrp did not write: call before any expensive work (consolidation).
+
+    An existing folder is replaced only when it is empty or holds ``megadrp_export.json`` (a previous
+    export). A config.json alone is not enough: a copied source model, or a folder of the user's own
+    notes next to one, would be deleted.
+    """
+    out = Path(out_dir).absolute()
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ExportError(f"--output {out} is a file, not a folder; choose a new or empty --output folder")
+    if any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise ExportError(f"--output {out} is not empty and was not written by megadrp export (no {EXPORT_MARKER}): "
+                          f"refusing to replace it. Choose a new or empty --output folder")
+    return out
 
 
 class AtomicFolder:
     """``with AtomicFolder(out) as tmp:`` write into ``tmp``; on success it replaces ``out`` in one rename.
 
-    An existing ``out`` is replaced only when it is empty or a previous export (has config.json), so a
-    mistyped --output never deletes an unrelated folder.
+    An existing ``out`` is replaced only when ``check_output_folder`` allows it (empty, or a previous export),
+    so a mistyped --output never deletes an unrelated folder.
     """
 
     def __init__(self, out_dir: str | Path):
@@ -107,9 +124,7 @@ class AtomicFolder:
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
 
     def __enter__(self) -> Path:
-        if self.out.exists() and (not self.out.is_dir() or not _looks_like_export(self.out)):
-            raise ExportError(f"{self.out} exists and is not a previous export (no config.json); "
-                              f"choose an empty or new --output folder")
+        check_output_folder(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
