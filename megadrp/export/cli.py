@@ -12,7 +12,8 @@ _DEFAULTS = ExportConfig()
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megadrp export", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("checkpoint", help="RUN_DIR (uses checkpoints/latest) or a RUN_DIR/checkpoints/step_N folder")
-    p.add_argument("--output", "-o", required=True, help="folder to write (a previous export is replaced atomically; any other non-empty folder is refused)")
+    p.add_argument("--output", "-o", required=True,
+                   help="folder to write (a previous export is replaced; other non-empty folders are refused)")
     p.add_argument("--dtype", default=_DEFAULTS.dtype, choices=("float32", "bfloat16", "float16"),
                    help="dtype of the exported weights")
     p.add_argument("--max-shard-size", default=_DEFAULTS.max_shard_size, help="largest safetensors shard, e.g. 5GB")
