@@ -6,8 +6,11 @@
     megadrp prune --config configs/X.yaml --nproc 2       (starts the deepspeed launcher, or runs in-process for 1)
 
 Order of work: parse, load + validate the config, pre-flight checks (DeepSpeed JSON vs config and world size,
-target vs source, data and tokenizer) -- all before any process group or model exists -- then train.
-Exit codes: 0 done, 2 configuration / input error, 3 training diverged (NaN/inf loss).
+target vs source, data and tokenizer; where the run starts: no fresh run over an earlier run's checkpoints, a
+resume's config, domains and world size against its checkpoint's) -- all before any process group or model
+exists -- then the run_dir lock (global rank 0), then train.
+Exit codes: 0 done, 2 configuration / input / run_dir error (nothing trained), 3 training diverged
+(NaN/inf loss), 4 a checkpoint could not be written (the message says why; the previous one is intact).
 """
 from __future__ import annotations
 
@@ -26,8 +29,14 @@ def _parser(prog: str, with_launch: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML recipe (configs/); dotted key=value overrides follow")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run_dir=runs/x")
-    p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of run_dir, if any) or a checkpoint path")
+    p.add_argument("--resume", default=None, help="'auto' (the newest complete checkpoint of run_dir; a fresh start if "
+                                                     "there is none) or a checkpoint path")
     p.add_argument("--init-from", default=None, help="weights-only start: a checkpoint folder or HF folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run_dir that holds an earlier run's checkpoints (deletes them)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although model, target, batch arithmetic, seed or DRO method differ from "
+                        "the checkpoint")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     if with_launch:
         p.add_argument("--nproc", type=int, default=1, help="processes on this machine (>1 starts a launcher)")
@@ -56,30 +65,84 @@ def run(argv: list[str], mode: str | None = None) -> int:
         overrides.append(f"checkpoint.resume={args.resume}")
     if args.init_from:
         overrides.append(f"checkpoint.init_from={args.init_from}")
+    # Under a launcher the mode arrives as the override mode=X: name it in messages, not "train".
+    prefix = f"megadrp {mode or _mode_of(overrides) or 'train'}"
     try:
         cfg = load_config(args.config, overrides)
+        prefix = f"megadrp {cfg.mode}"
         from megadrp.trainer.build import preflight
+        from megadrp.trainer.resume_check import check_start
 
         plan = preflight(cfg)
+        check_start(cfg, plan, args.overwrite, args.allow_config_change,
+                    note=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if _is_main_env():
-            print(f"megadrp {mode or 'train'}: {err}", file=sys.stderr)
+            print(f"{prefix}: {err}", file=sys.stderr)
         return 2
     from megadrp.trainer import Trainer, TrainingDiverged, dist
+    from megadrp.trainer.write_guard import CheckpointWriteError
 
     dist.ensure_single_process_env()
     dist.init_distributed()
+    lock = None
     try:
+        lock = _lock_run_dir(cfg, args.overwrite)
         return Trainer(cfg, plan, resume=cfg.checkpoint.resume).setup().train()
     except TrainingDiverged as err:
         if dist.is_main():
-            print(f"megadrp: training diverged: {err}", file=sys.stderr, flush=True)
+            print(f"{prefix}: training diverged: {err}", file=sys.stderr, flush=True)
         return 3
+    except CheckpointWriteError as err:
+        if dist.is_main():
+            print(f"{prefix}: {err}", file=sys.stderr, flush=True)
+        return 4
+    except (RuntimeError, ValueError) as err:  # RunLockError, a damaged checkpoint (RunFormatError): no traceback
+        if not _is_start_error(err):
+            raise
+        if dist.is_main():
+            print(f"{prefix}: {err}", file=sys.stderr, flush=True)
+        return 2
     finally:
+        if lock is not None:
+            lock.release()
         import torch.distributed as tdist
 
         if tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+def _mode_of(overrides: list[str]) -> str | None:
+    found = [o.split("=", 1)[1] for o in overrides if o.startswith("mode=")]
+    return found[-1] if found else None
+
+
+def _is_start_error(err: BaseException) -> bool:
+    from megadrp.run_format import RunFormatError
+    from megadrp.trainer.run_lock import RunLockError
+
+    return isinstance(err, (RunFormatError, RunLockError))
+
+
+def _lock_run_dir(cfg, overwrite: bool):
+    """Global rank 0 takes the run_dir lock (and, with --overwrite, clears the earlier run); every rank learns
+    the outcome, so a refused job stops on all ranks at once."""
+    from megadrp.trainer import dist
+    from megadrp.trainer.resume_check import wipe_for_overwrite
+    from megadrp.trainer.run_lock import RunLock, RunLockError
+
+    lock, failure = None, None
+    if dist.is_main():
+        try:
+            lock = RunLock(cfg.run_dir, note=lambda msg: print(f"[megadrp] {msg}", flush=True)).acquire()
+            if overwrite and cfg.checkpoint.resume in (None, "", "none"):
+                wipe_for_overwrite(cfg.run_dir)
+        except RunLockError as err:
+            failure = str(err)
+    failure = dist.all_gather_object(failure)[0]
+    if failure is not None:
+        raise RunLockError(failure)
+    return lock
 
 
 def launch_command(argv: list[str], nproc: int, launcher: str, master_port: int) -> list[str]:

@@ -116,7 +116,7 @@ def test_max_bytes_caps_each_domain(tmp_path):
 def test_checkpoint_without_export_says_what_to_run(tmp_path, monkeypatch):
     ckpt = tmp_path / "run" / "checkpoints" / "step_10"
     ckpt.mkdir(parents=True)
-    (ckpt / "megadrp_state.pt").write_bytes(b"")
+    (ckpt / "megadrp_state.json").write_bytes(b"")
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_10")
     monkeypatch.setattr(loading, "_export_function", lambda: None)
     for path in (ckpt, tmp_path / "run"):
@@ -133,7 +133,7 @@ def test_checkpoint_is_exported_then_evaluated(tmp_path, tiny, monkeypatch):
     folder, model, tok = tiny
     ckpt = tmp_path / "run" / "checkpoints" / "step_7"
     ckpt.mkdir(parents=True)
-    (ckpt / "megadrp_state.pt").write_bytes(b"")
+    (ckpt / "megadrp_state.json").write_bytes(b"")
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_7")
     calls = []
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 from tiny_models import make_tiny_hf_model
 
+from megadrp import run_format
 from megadrp.export import ExportError
 from megadrp.export.api import export_checkpoint
 
@@ -20,8 +20,7 @@ def _checkpoint_without_shards(tmp_path):
     """A folder megadrp resolves as a checkpoint whose DeepSpeed shards are missing: reading it fails."""
     ckpt = tmp_path / "run" / "checkpoints" / "step_2"
     ckpt.mkdir(parents=True)
-    torch.save({"step": 2, "mode": "cpt", "family": "llama", "source_shape": {}, "config": {}},
-               ckpt / "megadrp_state.pt")
+    run_format.write_state(ckpt, {"step": 2, "mode": "cpt", "family": "llama", "source_shape": {}, "config": {}})
     return ckpt
 
 

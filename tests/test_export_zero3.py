@@ -1,7 +1,7 @@
 """Export from real ZeRO-3 checkpoints: 2 gloo ranks and 1 rank export the same model; bad checkpoints are refused.
 
 The checkpoints are written by DeepSpeed itself (deepspeed.initialize + one training step + save_checkpoint)
-in torchrun subprocesses, plus megadrp_state.pt and tokenizer/ as docs/ARCHITECTURE.md specifies. Run as a
+in torchrun subprocesses, plus megadrp's state, tokenizer/ and the manifest as docs/ARCHITECTURE.md specifies. Run as a
 script, this file is that worker.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from megadrp import run_format
 
 TARGET = {"hidden_size": 48, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 96,
           "num_hidden_layers": 3}
@@ -61,10 +63,18 @@ def _write_checkpoint(src: str, run_dir: str, masks_file: str) -> None:
                  "source_shape": shape.to_dict(), "masks": maskset.state_dict(), "lagrangian": {},
                  "reweighter": {}, "sampler": {}, "rng": {}, "tokens_seen": 16,
                  "domain_weights": torch.tensor([0.75, 0.25]), "wandb_run_id": None}
-        torch.save(state, ckpt_root / "step_1" / "megadrp_state.pt")
         shutil.copytree(src, ckpt_root / "step_1" / "tokenizer",
                         ignore=shutil.ignore_patterns("*.safetensors", "config.json", "generation_config.json"))
+        rewrite_state(ckpt_root / "step_1", state)
     dist.barrier()
+
+
+def rewrite_state(ckpt: Path, state: dict) -> None:
+    """megadrp's state (run format) and a fresh checksum manifest, as the trainer's save writes them."""
+    from megadrp import run_format
+
+    run_format.write_state(ckpt, state)
+    run_format.write_manifest(ckpt, {n: run_format.file_digest(ckpt / n) for n in run_format.manifest_files(ckpt)})
 
 
 def _run_writer(nproc: int, src: Path, run_dir: Path, masks_file: Path) -> None:
@@ -183,9 +193,9 @@ def test_refuses_masks_that_cannot_reach_the_target(runs, tmp_path):
     _, _, run1 = runs
     bad = tmp_path / "bad" / "checkpoints" / "step_1"
     shutil.copytree(run1 / "checkpoints" / "step_1", bad)
-    state = torch.load(bad / "megadrp_state.pt", weights_only=False)
+    state = run_format.read_state(bad)
     del state["masks"]["log_alpha.hidden"]  # a family the target needs is missing
-    torch.save(state, bad / "megadrp_state.pt")
+    rewrite_state(bad, state)
     with pytest.raises(ExportError, match=r"hidden_size: target 48 of the source's 64 needs a 'hidden' mask"):
         export_checkpoint(bad, tmp_path / "never", progress=False)
     assert not (tmp_path / "never").exists()
@@ -200,9 +210,9 @@ def test_dense_cpt_checkpoint_converts_without_pruning(runs, tmp_path):
     _, _, run1 = runs
     cpt = tmp_path / "cpt" / "checkpoints" / "step_1"
     shutil.copytree(run1 / "checkpoints" / "step_1", cpt)
-    state = torch.load(cpt / "megadrp_state.pt", weights_only=False)
+    state = run_format.read_state(cpt)
     state.update(mode="cpt", masks=None)
-    torch.save(state, cpt / "megadrp_state.pt")
+    rewrite_state(cpt, state)
     out = export_checkpoint(cpt, tmp_path / "dense", dtype="float32", progress=False)
     sd, _ = load_checkpoint_for_export(cpt)
     model = MaskedCausalLM(ModelShape.from_dict(state["source_shape"]), "llama").eval()
@@ -221,7 +231,7 @@ def test_refuses_missing_shards_and_non_checkpoints(runs, tmp_path):
     partial = tmp_path / "partial" / "step_1"
     shutil.copytree(run2 / "checkpoints" / "step_1", partial)
     next(partial.glob("*rank_1_*optim_states.pt")).unlink()  # one rank's shard lost in a copy
-    with pytest.raises(ExportError, match="cannot consolidate"):
+    with pytest.raises(ExportError, match="rank_1_mp_rank_00_optim_states.pt is missing"):  # named by the manifest
         load_checkpoint_for_export(partial)
     with pytest.raises(ExportError, match="not a megadrp checkpoint"):
         load_checkpoint_for_export(tmp_path)

@@ -71,7 +71,7 @@ def test_prune_sparsity_moves_to_target(reference_run):
     ck = run_dir / "checkpoints"
     assert (ck / "latest").read_text().strip() == "step_12"
     assert sorted(p.name for p in ck.iterdir() if p.name.startswith("step_")) == ["step_12", "step_8"]
-    assert (ck / "step_12" / "megadrp_state.pt").is_file() and (ck / "step_12" / "tokenizer").is_dir()
+    assert (ck / "step_12" / "megadrp_state.json").is_file() and (ck / "step_12" / "tokenizer").is_dir()
 
 
 def test_sigkill_then_resume_auto_reproduces_losses_exactly(ws, reference_run):

@@ -33,9 +33,16 @@ def _labelled(specs: list[str]) -> dict[str, str]:
     return out
 
 
+CHECKPOINT_SAFETY = (
+    "Checkpoints: megadrp's own state is JSON + safetensors (no pickle). DeepSpeed's shard files are pickles that "
+    "DeepSpeed 0.19.8 can only load with torch.load(weights_only=False); megadrp first loads each one with "
+    "weights_only=True and refuses any that holds more than plain data, and checks every file against the "
+    "checkpoint's checksum manifest. Still, evaluate checkpoints from runs you trust (docs/TRAINING.md, Failures).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = EvalConfig()
-    p = argparse.ArgumentParser(prog="megadrp eval", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="megadrp eval", description=__doc__.split("\n")[0], epilog=CHECKPOINT_SAFETY,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", nargs="+", required=True, metavar="[LABEL=]DIR",
                    help="HF folder(s) or megadrp checkpoint(s) / run dirs")

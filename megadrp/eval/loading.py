@@ -1,7 +1,7 @@
 """Resolve what to evaluate: an exported Hugging Face folder, or a megadrp checkpoint exported on the fly.
 
 Evaluation works from a dense HF folder only (see ARCHITECTURE.md, Dependencies); a checkpoint
-(a folder with ``megadrp_state.pt``, or a run directory with ``checkpoints/latest``) is first exported
+(a folder with megadrp's state file, or a run directory with checkpoints; megadrp.run_format) is first exported
 to a temporary folder through ``megadrp.export``.
 """
 from __future__ import annotations
@@ -10,22 +10,7 @@ import importlib
 import inspect
 from pathlib import Path
 
-STATE_FILE = "megadrp_state.pt"
-
-
-def find_checkpoint(path) -> Path | None:
-    """The checkpoint folder behind ``path`` (itself, or RUN_DIR/checkpoints/<latest>), or None for a plain folder."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    latest = path / "checkpoints" / "latest"
-    if latest.is_dir():  # a symlink to the newest step_N
-        return find_checkpoint(latest.resolve())
-    if latest.is_file():  # a file holding the step folder's name
-        step_dir = path / "checkpoints" / latest.read_text().strip()
-        if (step_dir / STATE_FILE).is_file():
-            return step_dir
-    return None
+from megadrp.run_format import STATE_FILE, find_checkpoint  # noqa: F401 - find_checkpoint is part of this API
 
 
 def _export_function():

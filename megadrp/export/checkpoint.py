@@ -1,49 +1,64 @@
 """Read a megadrp checkpoint for export: find it, consolidate its ZeRO shards on CPU, load megadrp's state.
 
 Consolidation is DeepSpeed's own ``get_fp32_state_dict_from_zero_checkpoint`` (it reads the fp32 master
-partitions from every rank's optimizer file, so it needs no GPU and no process group). We only add the
-checks that turn its failures into messages a user can act on.
+partitions from every rank's optimizer file, so it needs no GPU and no process group). We add the checks that
+turn its failures into messages a user can act on, and, before it runs, the checksum manifest and the
+restricted (weights_only) load of every DeepSpeed file, since DeepSpeed itself unpickles them unrestricted.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from megadrp import run_format
 from megadrp.export.prune import ExportError
+from megadrp.run_format import STATE_FILE
 
-STATE_FILE = "megadrp_state.pt"
+log = logging.getLogger(__name__)
+
 REQUIRED_STATE = ("family", "source_shape", "mode", "config")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint, ``RUN_DIR/checkpoints`` or ``RUN_DIR`` (via ``latest``)."""
+    """A checkpoint folder from a checkpoint, ``RUN_DIR/checkpoints`` or ``RUN_DIR`` (via ``latest``, else the
+    newest complete step_N)."""
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path} does not exist")
-    for candidate in (path, path / "checkpoints"):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-        latest = candidate / "latest"
-        if latest.is_dir():  # a symlink to the newest step_N
-            return resolve_checkpoint(latest.resolve())
-        if latest.is_file():  # DeepSpeed-style: a file holding the tag (or a path)
-            tag = latest.read_text().strip()
-            target = Path(tag) if Path(tag).is_absolute() else candidate / tag
-            if (target / STATE_FILE).is_file():
-                return target
-            raise ExportError(f"{latest} points at {target}, which holds no {STATE_FILE}: the checkpoint "
-                              f"is incomplete or was deleted; pass a step_N folder explicitly")
-    raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no checkpoints/latest "
-                      f"under it. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder written by the trainer")
+    found = run_format.find_checkpoint(path)
+    if found is None:
+        raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no complete step_N "
+                          f"under its checkpoints/. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder written "
+                          f"by the trainer")
+    return found
+
+
+def verify_checkpoint(ckpt: Path) -> None:
+    """Refuse a checkpoint whose files no longer match their checksums, or whose DeepSpeed files would run code."""
+    try:
+        problems = run_format.verify_manifest(ckpt) if run_format.read_manifest(ckpt) is not None else None
+        run_format.check_deepspeed_files(ckpt)
+    except run_format.RunFormatError as err:
+        raise ExportError(str(err)) from err
+    if problems is None:
+        log.warning("%s has no %s: its files cannot be verified", ckpt, run_format.MANIFEST)
+    elif problems:
+        older = [p for p in run_format.list_checkpoints(ckpt.parent.parent) if p.name != ckpt.name]
+        raise ExportError(f"checkpoint {ckpt} is damaged: {'; '.join(problems)}. Export an intact one"
+                          + (f", e.g. {older[-1]}" if older else ""))
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    """megadrp's own state (``torch.load(weights_only=False)``: load checkpoints only from trusted runs)."""
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    """megadrp's own state (megadrp.run_format: JSON + safetensors, no pickle)."""
+    try:
+        state = run_format.read_state(ckpt)
+    except run_format.RunFormatError as err:
+        raise ExportError(str(err)) from err
     missing = [k for k in REQUIRED_STATE if k not in state]
     if missing:
         raise ExportError(f"{ckpt / STATE_FILE} lacks {missing}: not written by a megadrp trainer of this version")
@@ -82,6 +97,7 @@ def load_checkpoint_for_export(ckpt_or_run_dir: str | Path) -> tuple[dict[str, t
     """(internal fp32 state dict, megadrp state) of a checkpoint; ``state["checkpoint_dir"]`` is its folder."""
     ckpt = resolve_checkpoint(ckpt_or_run_dir)
     state = read_state(ckpt)
+    verify_checkpoint(ckpt)  # before DeepSpeed's consolidation unpickles its shards
     sd = consolidate(ckpt)
     state = dict(state, checkpoint_dir=str(ckpt))
     return sd, state

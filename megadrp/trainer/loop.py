@@ -51,7 +51,7 @@ class Trainer:
 
         cfg, plan = self.cfg, self.plan
         torch.manual_seed(cfg.optim.seed)
-        path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
+        path = checkpoint.choose(self.resume_spec, cfg.run_dir, _log)  # verified; 'auto' skips damaged ones
         model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
         if path is None:  # a resumed run takes every weight from the checkpoint: skip reading the source
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
@@ -78,7 +78,7 @@ class Trainer:
         elif cfg.checkpoint.init_from and plan.weights_path != cfg.checkpoint.init_from:
             # An HF folder was already loaded as the source weights (build.preflight); this is a checkpoint
             # (or a run directory): its module weights only, same world size (ZeRO-3 shards are per rank).
-            init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)
+            init = checkpoint.choose(cfg.checkpoint.init_from, cfg.run_dir, _log)
             _log(f"initialising weights from {init} (weights only)")
             checkpoint.load(self.engine, init, weights_only=True)
         if path is None:  # a resumed run restores both from its checkpoint
@@ -235,6 +235,7 @@ class Trainer:
     def save(self) -> None:
         cfg = self.cfg
         state = {"step": self.step, "mode": cfg.mode, "config": to_dict(cfg), "family": self.family.name,
+                 "world_size": dist.world_size(),
                  "source_shape": self.shape.to_dict(), "tokens_seen": self.tokens_seen,
                  "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),

@@ -1,0 +1,118 @@
+"""Pre-flight checks of where a run starts: never over a user's run, never from a checkpoint of another run.
+
+Run before any process group or engine exists (megadrp/train.py), from the checkpoint's small state file only:
+- a fresh run (no --resume) into a run_dir that holds checkpoints is refused (`--resume auto` continues it, a new
+  run_dir starts another; `--overwrite` deletes them and starts afresh);
+- a resume compares the resolved config with the checkpoint's and refuses changes that alter what the run
+  means: the model, the pruning target, the batch arithmetic, the seed, the DRO method (all listed, with
+  old -> new; `--allow-config-change` accepts them); other changes (lr, intervals, ...) are listed and accepted;
+- the domains of a resume must be the checkpoint's, in its order (per-domain weights, sampler cursors and DRO
+  state are positional), and its world size the checkpoint's (ZeRO-3 shards are per rank);
+- a fresh start needs the source model's weights, not only its config.json.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+from megadrp import run_format
+from megadrp.config import ConfigError, to_dict
+
+
+class StartError(ValueError):
+    """This run cannot start from (or over) what its run_dir / --resume names; the message says what to do."""
+
+
+# Dotted config prefixes whose change alters the meaning of a resumed run (issue 17).
+GUARDED = ("mode", "model.path", "model.family", "pruning.target", "data.seq_length", "optim.micro_batch_size",
+           "optim.gradient_accumulation_steps", "optim.global_batch_size", "optim.seed", "dro.method")
+IGNORED = ("checkpoint.resume", "checkpoint.init_from", "run_dir")  # where the run comes from / goes to
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: dict, current: dict) -> tuple:
+    """(guarded, other) lists of 'key: old -> new' between a checkpoint's config and this run's."""
+    a, b = _flatten(saved), _flatten(current)
+    guarded, other = [], []
+    for key in sorted(set(a) | set(b)):
+        if key.startswith(IGNORED) or key.startswith("data.domains") or a.get(key) == b.get(key):
+            continue
+        line = f"{key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}"
+        (guarded if key.startswith(GUARDED) else other).append(line)
+    return guarded, other
+
+
+def check_fresh_start(cfg, overwrite: bool) -> None:
+    """Refuse a fresh run over the checkpoints of an earlier run in the same run_dir."""
+    found = run_format.list_checkpoints(cfg.run_dir, complete=False)
+    if found and not overwrite:
+        raise StartError(f"run_dir {cfg.run_dir} already holds checkpoints of a run "
+                         f"({', '.join(p.name for p in found[-3:])}): continue it with --resume auto, start a new "
+                         f"run with a new run_dir, or pass --overwrite to delete them and start afresh")
+
+
+def wipe_for_overwrite(run_dir) -> None:
+    """--overwrite: the earlier run's checkpoints and metrics go (after the run_dir lock is held)."""
+    shutil.rmtree(run_format.checkpoints_dir(run_dir), ignore_errors=True)
+    Path(run_dir, "metrics.jsonl").unlink(missing_ok=True)
+
+
+def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bool,
+                 note: Callable[[str], None] = print) -> None:
+    """Refuse a resume that would not continue the checkpoint's run (see the module docstring)."""
+    saved = state.get("config") or {}
+    saved_domains = list((saved.get("data") or {}).get("domains") or [])
+    domains = list(cfg.data.domains)
+    if saved_domains and saved_domains != domains:
+        how = "reorders" if sorted(saved_domains) == sorted(domains) else "changes"
+        raise StartError(f"data.domains {domains} {how} the domains of checkpoint {path} ({saved_domains}); "
+                         f"per-domain weights, sampler cursors and DRO state are kept by position, so a resume must "
+                         f"list exactly "
+                         f"{saved_domains}. For other domains start a new run_dir with --init-from {path}")
+    saved_world = state.get("world_size") or len(state.get("rng") or []) or None
+    if saved_world and saved_world != world_size:
+        raise StartError(f"this job has {world_size} ranks, checkpoint {path} was written by {saved_world}: its ZeRO-3 "
+                         f"optimizer shards are per rank. Relaunch with {saved_world} ranks (e.g. --nproc "
+                         f"{saved_world} or --num_gpus {saved_world}); megadrp cannot yet reshard a checkpoint to "
+                         f"another world size")
+    guarded, other = config_changes(saved, to_dict(cfg))
+    if guarded and not allow_change:
+        raise StartError(f"this run's config differs from checkpoint {path} in settings that change what the run "
+                         f"means: {'; '.join(guarded)}. Resume with the checkpoint's values, start a new run_dir, or "
+                         f"pass --allow-config-change to continue anyway")
+    if guarded:
+        note(f"--allow-config-change: continuing {path} with changed {'; '.join(guarded)}")
+    if other:
+        note(f"config changes since {path.name} (accepted): {'; '.join(other)}")
+
+
+def check_start(cfg, plan, overwrite: bool = False, allow_change: bool = False,
+                note: Callable[[str], None] = print) -> Optional[Path]:
+    """All start checks of a run; returns the checkpoint it will resume from (before verification), or None."""
+    path = run_format.resolve(cfg.checkpoint.resume, cfg.run_dir, note=lambda _msg: None)
+    if path is None:
+        if cfg.checkpoint.resume in (None, "", "none"):
+            check_fresh_start(cfg, overwrite)
+        _check_weights(plan.weights_path)
+        return None
+    check_resume(run_format.read_state(path), path, cfg, plan.world_size, allow_change, note)
+    return path
+
+
+def _check_weights(folder: str) -> None:
+    p = Path(folder)
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if p.is_dir() and not any((p / n).is_file() for n in names):
+        raise ConfigError("model.path", folder, "has a config.json but no weights (model.safetensors, "
+                          "model.safetensors.index.json or pytorch_model.bin): download or copy the whole model folder")
