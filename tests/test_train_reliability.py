@@ -214,3 +214,31 @@ def test_full_disk_and_read_only_checkpoints_say_so(base):
     assert "rc=4" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "read-only file system" in proc.stderr and f"on {ck}" in proc.stderr
     assert f"previous checkpoint {ck / 'step_2'} is intact" in proc.stderr and "--resume auto" in proc.stderr
+
+
+def test_preflight_finds_a_short_domain_and_a_model_without_weights(base, tmp_path):
+    """Both used to surface as a traceback after the engine was built (minutes at 7B)."""
+    import numpy as np
+
+    from megadrp.config import ConfigError, load_config
+    from megadrp.data import IndexedDatasetWriter, write_meta
+    from megadrp.data.tokenizer import load_tokenizer
+    from megadrp.trainer.build import preflight
+    from megadrp.trainer.resume_check import check_start
+
+    ws = base["ws"]
+    prefix = tmp_path / "short"
+    for ext in (".bin", ".idx", ".json"):
+        shutil.copy(ws["prefix"] + "_prose" + ext, f"{prefix}_prose{ext}")
+    with IndexedDatasetWriter(f"{prefix}_code", np.uint16) as w:
+        w.add_document([5, 6, 7, 0])  # 4 tokens; seq_length 32 needs 33
+    write_meta(f"{prefix}_code", load_tokenizer(ws["model"]).info())
+    config = write_config(tmp_path, ws, tmp_path / "short_run", data={"prefix": str(prefix)})
+    with pytest.raises(ConfigError, match=r"too few tokens for one training sample of seq_length \+ 1 = 33: code "
+                                          r"\(4 tokens in .*short_code.bin\)"):
+        preflight(load_config(str(config)))
+    hollow = tmp_path / "hollow"
+    shutil.copytree(ws["model"], hollow, ignore=shutil.ignore_patterns("*.safetensors"))
+    cfg = load_config(str(write_config(tmp_path, ws, tmp_path / "hollow_run", model={"path": str(hollow)})))
+    with pytest.raises(ConfigError, match="has a config.json but no weights"):
+        check_start(cfg, preflight(cfg))

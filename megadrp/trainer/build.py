@@ -3,7 +3,8 @@
 Pre-flight checks (each a plain error naming the field and the fix): the DeepSpeed JSON against the run
 config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler); the source model's
 config; the target shape against the source (prune mode); the training / held-out binaries present and made
-with the run's tokenizer, every token id inside the model's vocabulary.
+with the run's tokenizer, every token id inside the model's vocabulary, every domain long enough for one
+sample. Where the run starts (resume vs fresh, the checkpoint's config) is megadrp.trainer.resume_check.
 """
 from __future__ import annotations
 
@@ -90,6 +91,13 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
     if tok_vocab > shape.vocab_size:
         raise ConfigError("data.tokenizer", tokenizer, f"has {tok_vocab} tokens but the model's embedding has "
                           f"{shape.vocab_size}; use the model's own tokenizer")
+    # The sampler would find this only after the engine is built (minutes at 7B): one sample needs T + 1 tokens.
+    short = [f"{d} ({ds.num_tokens} tokens in {ds.bin_file})" for d, ds in datasets.items()
+             if ds.num_tokens < cfg.data.seq_length + 1]
+    if short:
+        raise ConfigError("data.domains", list(cfg.data.domains),
+                          f"too few tokens for one training sample of seq_length + 1 = {cfg.data.seq_length + 1}: "
+                          f"{', '.join(short)}; add data to that domain, drop it, or lower data.seq_length")
     counts = [float(ds.num_tokens) for ds in datasets.values()]
     return Plan(ds_config=ds_config, precision=precision, world_size=world, shape=shape, family=family,
                 weights_path=weights_path, tokenizer_path=tokenizer, datasets=datasets, eval_datasets=eval_datasets,
