@@ -242,3 +242,13 @@ def test_preflight_finds_a_short_domain_and_a_model_without_weights(base, tmp_pa
     cfg = load_config(str(write_config(tmp_path, ws, tmp_path / "hollow_run", model={"path": str(hollow)})))
     with pytest.raises(ConfigError, match="has a config.json but no weights"):
         check_start(cfg, preflight(cfg))
+
+
+def test_export_of_an_unfinished_prune_run_warns(base, tmp_path, caplog):
+    from megadrp.export.api import export_checkpoint
+
+    with caplog.at_level("WARNING", logger="megadrp.export.api"):
+        export_checkpoint(base["run"] / "checkpoints" / "step_1", tmp_path / "early", dtype="float32", progress=False)
+    text = caplog.text
+    assert "step 1 of 2 of an unfinished prune run" in text and "expected sparsity" in text and "vs target" in text
+    assert (tmp_path / "early" / "config.json").is_file()  # a warning, not a refusal

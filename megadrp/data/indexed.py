@@ -83,6 +83,9 @@ class IndexedDataset:
         if code not in DTYPE_CODES:
             raise self._fail(path, f"unknown dtype code {code} (valid: {sorted(DTYPE_CODES)})")
         self.dtype = np.dtype(DTYPE_CODES[code])
+        if self.dtype.kind == "f":  # Megatron has float codes for other payloads; token ids are integers
+            raise self._fail(path, f"dtype code {code} is {self.dtype}, not an integer token type: this is not a "
+                                   f"token dataset (or its header is damaged)")
         expected = HEADER_BYTES + 12 * n_seq + 8 * n_doc
         if size != expected:
             what = "truncated" if size < expected else "has trailing bytes"

@@ -136,6 +136,11 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer: str | TextT
             raise
         finally:
             bar.close()
+        if docs == 0 or not any(w.num_tokens for w in writers):
+            for w in writers:
+                w.abort()
+            raise InputError(f"{', '.join(str(s.path) for s in srcs)}: no documents with text to tokenise "
+                             f"({docs} documents, 0 tokens); nothing was written. Check --input and --json-keys")
         for p, w in zip(prefixes, writers):
             w.finalize()
             write_meta(p, tok.info(), documents=docs, tokens=w.num_tokens, dtype=str(dtype), append_eod=append_eod,

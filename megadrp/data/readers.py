@@ -87,15 +87,20 @@ def _field(record, key: str, where: str) -> str:
 
 def _jsonl_documents(path: Path, keys: Sequence[str]) -> Iterator[tuple[str, ...]]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({err.msg}); each line must be one JSON object")
-            yield tuple(_field(record, k, f"{path}:{lineno}") for k in keys)
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path}:{lineno}: invalid JSON ({err.msg}); each line must be one JSON object")
+                yield tuple(_field(record, k, f"{path}:{lineno}") for k in keys)
+    except UnicodeDecodeError as err:
+        # (the text layer decodes ahead in blocks, so no line number would be right)
+        raise InputError(f"{path}: not UTF-8 text ({err.reason}); convert it to UTF-8, e.g. with "
+                         f"iconv -f latin1 -t utf-8") from None
 
 
 def _check_columns(where: Path, available: Sequence[str], keys: Sequence[str]) -> None:

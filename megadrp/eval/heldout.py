@@ -11,6 +11,17 @@ def available_domains(corpus_dir) -> list[str]:
     return sorted(p.stem for p in heldout.glob("*.jsonl"))
 
 
+def _manifest_domains(corpus_dir) -> list[str]:
+    """The domains CORPUS/manifest.json lists (tools/build_corpus.py writes it), or [] without one."""
+    path = Path(corpus_dir) / "manifest.json"
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("domains") or [])
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a valid corpus manifest ({err})") from None
+
+
 def _truncate_utf8(text: str, max_bytes: int) -> str:
     # Cut at a character boundary so the kept text is valid UTF-8 and its byte count is <= max_bytes.
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
@@ -18,6 +29,14 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
 
 def read_documents(path, max_bytes: int | None = None) -> list[str]:
     """The non-empty ``text`` fields of a JSONL file, stopping once ``max_bytes`` UTF-8 bytes are read."""
+    try:
+        return _read_documents(path, max_bytes)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start} of a line); convert it to "
+                         f"UTF-8") from None
+
+
+def _read_documents(path, max_bytes: int | None) -> list[str]:
     docs, used = [], 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -54,6 +73,12 @@ def load_heldout(corpus_dir, domains=None, max_bytes: int | None = None) -> dict
                                 "as written by tools/build_corpus.py)")
     present = available_domains(corpus_dir)
     if domains is None:
+        listed = _manifest_domains(corpus_dir)
+        lost = [d for d in listed if d not in present]
+        if lost:  # an average over the rest would read as the corpus's
+            raise FileNotFoundError(f"{Path(corpus_dir) / 'manifest.json'} lists domain(s) {lost}, but {heldout} "
+                                    f"has no {', '.join(d + '.jsonl' for d in lost)}; restore it "
+                                    f"(tools/build_corpus.py) or name the domains to score with --domains")
         domains = present
     missing = [d for d in domains if d not in present]
     if missing:

@@ -100,6 +100,28 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
     return masks
 
 
+def unfinished_note(state: Mapping[str, Any], source) -> Optional[str]:
+    """A warning for a prune checkpoint taken before the run ended or before its masks reached the target."""
+    if state.get("mode") != "prune" or state.get("masks") is None:
+        return None
+    from megadrp.config.schema import TargetShape
+    from megadrp.masks import MaskSet, resolve_target
+
+    maskset = MaskSet(source, resolve_target(source, TargetShape(**_target_dict(state))))
+    maskset.load_state_dict(state["masks"])
+    with torch.no_grad():
+        expected = {f: float(v.mean()) for f, v in maskset.expected_sparsity().items()}  # mean over layers
+    gaps = {f: (e, maskset.final_sparsity[f]) for f, e in expected.items() if abs(e - maskset.final_sparsity[f]) > 0.05}
+    step, total = state.get("step"), ((state.get("config") or {}).get("optim") or {}).get("max_steps")
+    if not gaps and not (step and total and step < total):
+        return None
+    where = f"step {step} of {total}" if total else f"step {step}"
+    far = "; the masks are still far from the target: " + ", ".join(
+        f"{f} expected sparsity {e:.2f} vs target {t:.2f}" for f, (e, t) in gaps.items()) if gaps else ""
+    return (f"this checkpoint is {where} of an unfinished prune run{far}. The export keeps the units scoring "
+            f"highest now, which the rest of the run could still change; export the final checkpoint if you meant it")
+
+
 def _target_dict(state: Mapping[str, Any]) -> dict:
     return dict(((state.get("config") or {}).get("pruning") or {}).get("target") or {})
 
@@ -181,6 +203,9 @@ def export_checkpoint(ckpt_or_run_dir, out_dir, dtype: str = "bfloat16", max_sha
     source = state["source_shape"]
     source = ModelShape.from_dict(source) if isinstance(source, dict) else source
     masks = masks_from_state(state, source)
+    note = unfinished_note(state, source)
+    if note:
+        log.warning("%s: %s", ckpt, note)
     config = state.get("config") or {}
     source_dir = (config.get("model") or {}).get("path") or None
     tokenizer_dir = ckpt / "tokenizer"

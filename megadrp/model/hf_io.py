@@ -23,7 +23,11 @@ def read_hf_config(path: PathLike) -> dict:
     cfg = Path(path) / "config.json"
     if not cfg.exists():
         raise FileNotFoundError(f"{cfg} not found: expected a Hugging Face model folder")
-    return json.loads(cfg.read_text())
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg} is not valid JSON ({err}); restore the model's config.json (download it "
+                         f"again)") from None
 
 
 def resolve_family(path_or_config: Union[PathLike, dict], family: str = "auto") -> Family:
@@ -44,8 +48,13 @@ def read_shape(path: PathLike, family: str = "auto") -> Tuple[ModelShape, Family
 
 def _load_file(f: Path) -> Dict[str, torch.Tensor]:
     if f.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(str(f))
+        try:
+            return load_file(str(f))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{f} cannot be read ({err}): the weights file is truncated or damaged; download or "
+                             f"copy it again") from None
     return torch.load(f, map_location="cpu", weights_only=True)
 
 
