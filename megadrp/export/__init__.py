@@ -2,7 +2,7 @@
 
 Public API:
 - ``prune_state_dict`` / ``prune_hf_state_dict``: the pure mask -> dense surgery over state dicts.
-- ``load_checkpoint_for_export``: consolidate a ZeRO-3 checkpoint on CPU and read ``megadrp_state.pt``.
+- ``load_checkpoint_for_export``: consolidate a ZeRO-3 checkpoint on CPU and read megadrp's state.
 - ``export_checkpoint`` / ``export_from_model``: write the folder (and optionally push it to the Hub).
 The heavier entry points are imported on first use so that ``import megadrp.export`` stays cheap.
 """

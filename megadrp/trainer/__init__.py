@@ -7,7 +7,10 @@ Layout (one purpose per module):
   engine.py      zero.Init construction, HF weight loading under ZeRO-3, deepspeed.initialize
   build.py       everything built from the config, with every pre-flight check before any work
   modes.py       prune / cpt behaviour behind hooks (dress plugs in here)
-  checkpoint.py  atomic checkpoints, `latest` pointer, keep_last, resume and --init-from
+  checkpoint.py  atomic checkpoints with a checksum manifest, keep_last, verified resume and --init-from
+  write_guard.py checkpoint write failures by cause (permission, disk space), free-space check before a save
+  run_lock.py    one trainer per run_dir (RUN_DIR/.megadrp.lock, stale-lock detection)
+  resume_check.py pre-flight of where a run starts: fresh vs resume, config / domains / world size vs checkpoint
   metrics.py     rank-0 step line, metrics.jsonl, wandb
   mfu.py         model FLOPs per token and peak FLOPs by device
   heldout.py     periodic held-out per-domain evaluation

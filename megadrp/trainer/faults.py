@@ -2,7 +2,7 @@
 at a chosen point with a real failure rather than a mock. All are off unless their variable is set.
 
 MEGADRP_FAULT_KILL_IN_CHECKPOINT=N  rank 0 SIGKILLs itself while writing checkpoint step_N: after DeepSpeed's
-                                    shards and half of megadrp_state.pt are on disk, before the rename and the
+                                    shards and a torn state file are on disk, before the rename and the
                                     `latest` pointer. The previous checkpoint must stay the one `latest` names.
 MEGADRP_FAULT_NAN_AT_STEP=N         the training loss of step N becomes NaN (exercises the NaN guard).
 MEGADRP_DEBUG_STEP_SLEEP=S          sleep S seconds after every step, so an outside SIGKILL lands mid-run.
