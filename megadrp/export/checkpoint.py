@@ -32,9 +32,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise ExportError(f"{path} does not exist")
     found = run_format.find_checkpoint(path)
     if found is None:
+        pointed = run_format.read_latest(path.parent if path.name == "checkpoints" else path)
+        why = f" (its latest names {pointed.name}, which is incomplete or was deleted)" if pointed else ""
         raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no complete step_N "
-                          f"under its checkpoints/. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder written "
-                          f"by the trainer")
+                          f"under its checkpoints/{why}. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder "
+                          f"written by the trainer")
     return found
 
 
