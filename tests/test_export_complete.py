@@ -12,6 +12,7 @@ import torch
 from tiny_models import make_tiny_hf_model
 
 from megadrp.export import export_from_model
+from megadrp.export.provenance import base_model_id
 from megadrp.model import load_pretrained
 
 TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}<|endoftext|>{% endfor %}"
@@ -112,6 +113,9 @@ def test_card_without_hub_id_names_the_folder_and_license_file(tmp_path):
     for f in out.iterdir():  # no local path anywhere in what is published
         if f.suffix in (".md", ".json", ".jinja") or f.name == "LICENSE":
             assert str(tmp_path) not in f.read_text(), f.name
+    snapshot = tmp_path / "hub" / "models--Org--tiny-model.v2" / "snapshots" / "0123abc"
+    shutil.copytree(src, snapshot)  # a source read from huggingface_hub's cache
+    assert base_model_id(str(snapshot)) == "Org/tiny-model.v2"
 
 
 def _result(shape, bpb):

@@ -5,7 +5,8 @@ when one is known, found in this order:
 1. the source given as a Hub id (``org/name``, not an existing path);
 2. ``megadrp_source_id`` in the source's README front matter, written by tools that make a local copy of a
    Hub model (``tools/convert_smollm2.py``);
-3. ``_name_or_path`` in the source's config.json, when it is a Hub id (transformers before v5 wrote it).
+3. ``_name_or_path`` in the source's config.json, when it is a Hub id (transformers before v5 wrote it);
+4. a Hugging Face cache path (``.../models--ORG--NAME/snapshots/REV``).
 Otherwise it is the source folder's *name*: a local absolute path never goes into a published card.
 
 The license comes from the source's README front matter (``license``, and ``license_name`` /
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HF_CACHE = re.compile(r"^models--[A-Za-z0-9][\w.-]*--[\w.-]+$")  # huggingface_hub's cache folder of ORG/NAME
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md")
 # (words the license text opens with, lower-cased; Hub license id), first match wins.
 _LICENSE_TEXTS = (
@@ -73,7 +75,8 @@ def source_hub_id(source: Optional[str]) -> Optional[str]:
     for name in (source_metadata(source).get("megadrp_source_id"), _config(source).get("_name_or_path")):
         if _is_hub_id(name):
             return name
-    return None
+    cached = next((p for p in Path(source).absolute().parts if _HF_CACHE.match(p)), None)
+    return cached[len("models--"):].replace("--", "/", 1) if cached else None
 
 
 def base_model_id(source: Optional[str]) -> Optional[str]:
