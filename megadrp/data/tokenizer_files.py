@@ -35,7 +35,9 @@ def _folders(sources: Iterable) -> list[Path]:
 
 
 def tokenizer_files(folder: Path) -> list[str]:
-    return [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    """The tokenizer files of ``folder``: the known names, and any other ``tokenizer*`` file (e.g. tiktoken's)."""
+    others = sorted(f.name for f in folder.glob("tokenizer*") if f.is_file() and f.name not in TOKENIZER_FILES)
+    return [f for f in TOKENIZER_FILES if (folder / f).is_file()] + others
 
 
 def _config_template(folder: Path) -> Optional[str]:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from megadrp.data.tokenizer_files import GENERATION_CONFIG
+from megadrp.data.tokenizer_files import GENERATION_CONFIG, copy_model_files
 from megadrp.export.prune import ExportError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,8 +68,6 @@ def save_weights(hf_sd: Mapping[str, torch.Tensor], folder: Path, dtype: str, ma
 def copy_tokenizer(sources: list, folder: Path) -> Optional[Path]:
     """Tokenizer, chat template and generation config from ``sources`` (first wins, megadrp.data.tokenizer_files);
     returns the folder the tokenizer came from (or None)."""
-    from megadrp.data.tokenizer_files import copy_model_files
-
     return copy_model_files(sources, folder)
 
 
