@@ -1,6 +1,7 @@
 """What users publish is complete: the export keeps the source's chat template, special tokens map and generation
 config (through a checkpoint's tokenizer copy, with the source folder gone), and its card names the base model
-and license the source states, the method and target, and warns when the model is far below its source.
+and license the source states (from that copy too), the method and target, and warns when the model is far
+below its source.
 """
 from __future__ import annotations
 
@@ -47,11 +48,14 @@ def export(src, out, tokenizer_src=None, source_dir="same", **card_info):
 
 
 def test_checkpoint_copy_carries_chat_template_and_generation_config(tmp_path):
+    from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from megadrp.trainer.checkpoint import _copy_tokenizer
 
     src = instruct_source(tmp_path)
+    (src / "README.md").write_text("---\nlicense: apache-2.0\nmegadrp_source_id: Org/tiny-instruct\n---\n# copy\n")
+    (src / "LICENSE").write_text("Apache License\nVersion 2.0, January 2004\n")
     want = AutoTokenizer.from_pretrained(src).apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     _copy_tokenizer(str(src), tmp_path / "step_2" / "tokenizer")  # what the trainer writes into a checkpoint
     moved = tmp_path / "elsewhere"
@@ -59,8 +63,11 @@ def test_checkpoint_copy_carries_chat_template_and_generation_config(tmp_path):
     shutil.rmtree(src)
     out = export(weights, tmp_path / "exp", tokenizer_src=str(tmp_path / "step_2" / "tokenizer"),
                  source_dir=str(moved))
-    for name in ("chat_template.jinja", "special_tokens_map.json", "generation_config.json", "tokenizer.json"):
+    for name in ("chat_template.jinja", "special_tokens_map.json", "generation_config.json", "tokenizer.json",
+                 "LICENSE"):
         assert (out / name).read_bytes() == (weights / name).read_bytes(), name
+    card = ModelCard.load(out / "README.md")  # from the checkpoint's copy of the source's card
+    assert (card.data.base_model, card.data.license) == ("Org/tiny-instruct", "apache-2.0")
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == want
     assert want.endswith("<s>assistant: ")

@@ -11,7 +11,9 @@ the source model folder next):
 - the chat template of that folder, else of the first later folder that has one (``chat_template.jinja``,
   ``chat_template.json``, ``additional_chat_templates/``, or a ``chat_template`` string in its
   ``tokenizer_config.json``, written out as ``chat_template.jinja`` as transformers 5 saves it);
-- the first ``generation_config.json`` found.
+- the first ``generation_config.json`` found;
+- with ``keep_source_card`` (checkpoints), the source's README.md and license files too, so that an export
+  made from the checkpoint alone still knows the source's Hub id and license (megadrp.export.provenance).
 Files are copied byte for byte: nothing is re-serialised, so fields this version of transformers does not
 know survive.
 """
@@ -28,6 +30,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
 GENERATION_CONFIG = "generation_config.json"
+SOURCE_CARD = "README.md"
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md")
 
 
 def _folders(sources: Iterable) -> list[Path]:
@@ -68,7 +72,7 @@ def _copy_chat_template(src: Path, dst: Path) -> None:
         (dst / "chat_template.jinja").write_text(_config_template(src), encoding="utf-8")
 
 
-def copy_model_files(sources: Iterable, dst) -> Optional[Path]:
+def copy_model_files(sources: Iterable, dst, keep_source_card: bool = False) -> Optional[Path]:
     """Copy tokenizer, chat template and generation config from ``sources`` (first wins) into ``dst``.
 
     Returns the folder the tokenizer came from, or None when no source has one (the chat template and
@@ -88,4 +92,9 @@ def copy_model_files(sources: Iterable, dst) -> Optional[Path]:
     gen_dir = next((f for f in folders if (f / GENERATION_CONFIG).is_file()), None)
     if gen_dir is not None:
         shutil.copy2(gen_dir / GENERATION_CONFIG, dst / GENERATION_CONFIG)
+    card_files = (SOURCE_CARD, *LICENSE_FILES) if keep_source_card else ()
+    card_dir = next((f for f in folders if any((f / n).is_file() for n in card_files)), None)
+    for name in card_files if card_dir is not None else ():
+        if (card_dir / name).is_file():
+            shutil.copy2(card_dir / name, dst / name)
     return tokenizer_dir

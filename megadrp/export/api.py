@@ -135,9 +135,11 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
                 source_non_embedding_params=source_shape.num_params(include_embeddings=False),
                 tie_word_embeddings=achieved.tie_word_embeddings, source_tied=source_shape.tie_word_embeddings,
                 name=info.get("name") or Path(out_dir).name)
-    info.setdefault("base_model", base_model_id(source_model_dir))
-    info.setdefault("base_model_is_hub_id", source_hub_id(source_model_dir) is not None)
-    info.setdefault("license", source_license(source_model_dir))
+    # The source folder, else the checkpoint's copy of its card and license (the source may be gone by now).
+    known = next((d for d in (source_model_dir, tokenizer_src) if d and Path(d).is_dir()), None)
+    info.setdefault("base_model", source_hub_id(known) or base_model_id(source_model_dir or known))
+    info.setdefault("base_model_is_hub_id", source_hub_id(known) is not None)
+    info.setdefault("license", source_license(known))
     with AtomicFolder(out_dir) as tmp:
         config = hf_config(achieved, family_name, dtype)
         config.save_pretrained(tmp)
@@ -145,7 +147,7 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
         if copy_tokenizer([tokenizer_src, source_model_dir], tmp) is None:
             log.warning("no tokenizer files in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
         save_generation_config(config, tmp)
-        for f in license_files(source_model_dir):
+        for f in license_files(known):
             shutil.copy2(f, tmp / f.name)
         build_model_card(info).save(tmp / "README.md")
         (tmp / "megadrp_export.json").write_text(json.dumps(

@@ -12,7 +12,8 @@ Otherwise it is the source folder's *name*: a local absolute path never goes int
 The license comes from the source's README front matter (``license``, and ``license_name`` /
 ``license_link`` for ``other``), else a ``license`` key in its config.json, else its LICENSE file, whose
 opening words name the common licenses; a LICENSE file is copied into the export in every case, since most
-licenses require that it travels with the weights.
+licenses require that it travels with the weights. A checkpoint keeps the source's README and license files
+in its ``tokenizer/`` copy, which stands in for the source folder when that is gone by export time.
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from megadrp.data.tokenizer_files import LICENSE_FILES
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HF_CACHE = re.compile(r"^models--[A-Za-z0-9][\w.-]*--[\w.-]+$")  # huggingface_hub's cache folder of ORG/NAME
-LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md")
 # (words the license text opens with, lower-cased; Hub license id), first match wins.
 _LICENSE_TEXTS = (
     (("apache license", "version 2.0"), "apache-2.0"),

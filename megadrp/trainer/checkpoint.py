@@ -66,11 +66,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _copy_tokenizer(src: Optional[str], dst: Path) -> None:
-    """Tokenizer, chat template and generation config of a folder (megadrp.data.tokenizer_files); not weights."""
+    """Tokenizer, chat template, generation config, card and license of a folder (megadrp.data.tokenizer_files)."""
     from megadrp.data.tokenizer_files import copy_model_files
 
     if src and Path(src).is_dir():
-        copy_model_files([src], dst)
+        copy_model_files([src], dst, keep_source_card=True)
 
 
 def list_checkpoints(run_dir) -> list:
