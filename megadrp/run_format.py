@@ -165,7 +165,8 @@ def verify_manifest(folder, names: Optional[list] = None) -> list:
 _DEEPSPEED_GLOBALS = (("deepspeed.runtime.zero.config", "ZeroStageEnum"),
                       ("deepspeed.runtime.zero.offload_config", "OffloadDeviceEnum"),
                       ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
-                      ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"))
+                      ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+                      ("deepspeed.utils.tensor_fragment", "fragment_address"))  # ZeRO-1/2 optimizer files
 
 
 def _deepspeed_safe_globals() -> list:
@@ -191,9 +192,10 @@ def check_deepspeed_files(folder, names: Optional[list] = None) -> None:
             with torch.serialization.safe_globals(allowed):
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # noqa: BLE001 - any failure of the restricted load means: not plain data
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            found = re.search(r"Unsupported (global|operand)[^.]*", str(err))
+            what = found.group(0) if found else f"{type(err).__name__}: {str(err)[:200]}"
             raise RunFormatError(
-                f"{path} is not plain checkpoint data ({first[:300]}); DeepSpeed would unpickle it with code "
+                f"{path} is not plain checkpoint data ({what}); DeepSpeed would unpickle it with code "
                 f"execution allowed, so megadrp refuses to load it. Use a checkpoint your own run wrote; if this "
                 f"file is from your run, the class it names must be added to megadrp/run_format.py's "
                 f"allow-list") from err
