@@ -163,11 +163,12 @@ def choose(spec: Optional[str], run_dir, log: Callable[[str], None]) -> Optional
             f"{'; trying the previous complete checkpoint' if candidate != (older or [first])[-1] else ''}")
     raise run_format.RunFormatError(
         f"no intact checkpoint under {checkpoints_dir(run_dir)}: every complete one failed verification (above). "
-        f"Start again with a new run_dir, or --overwrite to start afresh in this one")
+        f"Start a new run_dir, or start afresh in this one without --resume and with --overwrite")
 
 
 def _step(path: Path) -> int:
-    return int(path.name.split("_")[-1])
+    tail = path.name.split("_")[-1]
+    return int(tail) if tail.isdigit() else -1  # a checkpoint folder copied under another name
 
 
 def load(engine, path: Path, weights_only: bool = False) -> None:
