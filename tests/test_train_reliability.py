@@ -100,7 +100,10 @@ def test_resume_auto_without_latest_skips_a_corrupt_checkpoint(base):
     assert not run_format.verify_manifest(run / "checkpoints" / "step_2")  # rewritten whole by the resumed run
 
 
-def test_code_in_a_checkpoint_never_runs(base, tmp_path):
+def test_code_in_a_checkpoint_never_runs(base, tmp_path, capsys):
+    from test_eval_fixtures import write_corpus
+
+    from megadrp.cli import main
     from megadrp.eval import loading
     from megadrp.export import ExportError, export_checkpoint
 
@@ -114,6 +117,9 @@ def test_code_in_a_checkpoint_never_runs(base, tmp_path):
         export_checkpoint(legacy, tmp_path / "out", progress=False)
     with pytest.raises(ExportError, match="convert-legacy"):
         loading.resolve_model_dir(legacy, tmp_path / "scratch")
+    corpus = write_corpus(tmp_path / "corpus", {"prose": ["It is a truth universally acknowledged."]})
+    assert main(["eval", "--model", str(legacy), "--corpus", str(corpus)]) != 0
+    assert "old state format" in capsys.readouterr().err
     proc = train(base["tmp"], config, "--resume", "auto")
     assert proc.returncode == 2 and "old state format" in proc.stderr, proc.stderr[-2000:]
     # 2. A DeepSpeed shard with a payload (manifest rewritten to match): DeepSpeed would unpickle it unrestricted.
