@@ -108,7 +108,7 @@ def read_metrics(run_dir: Path, kind: str = "train") -> list:
 
 # ---- pure functions of the trainer ------------------------------------------------------------------------
 def test_schedule_warmup_then_cosine_to_floor():
-    from megadrp.trainer.schedule import lr_at
+    from megadrp.trainer.lr_schedule import lr_at
 
     lrs = [lr_at(s, 100, 1e-3, warmup_steps=10, min_lr_ratio=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)

@@ -87,7 +87,7 @@ class Runner:
     """One model + optimizer; `step(masked)` runs a full training step in prune or cpt mode."""
 
     def __init__(self, args, shape, precision, device):
-        from megadrp.trainer.modes import PruneMode
+        from megadrp.methods.prune import PruneMode
         from megadrp.trainer.optim import make_weight_optimizer
 
         self.args, self.device = args, device

@@ -6,7 +6,7 @@
   penalty (forward hooks); ``regularizer.DressRegularizer`` adds the geometric coefficient schedule.
 - ``prune.prune_dense_state_dict``: the cut, through megadrp.export, with the RMSNorm correction for hidden dims.
 """
-from megadrp.dress.prune import prune_dense_state_dict, prune_model, pruned_copy
+from megadrp.dress.cut import prune_dense_state_dict, prune_model, pruned_copy
 from megadrp.dress.regularizer import DressRegularizer
 from megadrp.dress.scoring import CRITERIA, score_units
 from megadrp.dress.select import check_selection, keep_indices, select_units, target_counts

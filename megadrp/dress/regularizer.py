@@ -5,8 +5,8 @@
     reg.after_step(step)                                      # after the optimizer step (proximal mode)
     reg.metrics(step)                                         # selected-slice norms, coefficient, penalty
 
-Both the DeepSpeed trainer's dress mode (megadrp.dress.mode) and the plain-torch loop (megadrp.dress.loop,
-tests and CPU experiments) go through this class, so they regularise identically.
+Both the DeepSpeed trainer's dress mode (megadrp.methods.dress) and the plain-torch loop
+(megadrp.experiments.dress_loop, tests and CPU experiments) go through this class, so they regularise identically.
 """
 from __future__ import annotations
 

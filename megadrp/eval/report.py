@@ -49,7 +49,7 @@ def _sparsity_table(log: MetricsLog) -> list[str]:
 
 
 def _eval_json_section(path: Path) -> list[str]:
-    from megadrp.eval.tables import markdown_table
+    from megadrp.eval_results import markdown_table
 
     try:
         data = json.loads(path.read_text())

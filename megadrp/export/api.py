@@ -14,8 +14,8 @@ from typing import Any, Mapping, Optional
 import torch
 
 from megadrp.export.card import base_model_id, build_model_card, source_license
-from megadrp.export.checkpoint import load_checkpoint_for_export
-from megadrp.export.prune import ExportError, kept_counts, prune_state_dict
+from megadrp.export.consolidate import load_checkpoint_for_export
+from megadrp.export.surgery import ExportError, kept_counts, prune_state_dict
 from megadrp.export.writer import (
     AtomicFolder,
     copy_tokenizer,

@@ -70,7 +70,7 @@ def _shape_table(shapes: dict[str, Any]) -> str:
 def eval_table(results: dict) -> str:
     """Markdown of an eval.json: megadrp.eval's tables when it has that layout, else a flat metric list."""
     try:
-        from megadrp.eval.tables import markdown_table
+        from megadrp.eval_results import markdown_table
 
         return markdown_table(results, "bits_per_byte") + "\n" + markdown_table(results, "loss")
     except (ImportError, KeyError, TypeError, AttributeError):

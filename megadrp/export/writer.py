@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from megadrp.export.prune import ExportError
+from megadrp.export.surgery import ExportError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Files that make up a tokenizer across slow/fast/sentencepiece/BPE variants.

@@ -20,10 +20,9 @@ from megadrp.trainer import checkpoint, dist, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer.build import Plan
+from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
-from megadrp.trainer.modes import get_mode
 from megadrp.trainer.optim import make_weight_optimizer
-from megadrp.trainer.schedule import lr_at, set_lr
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,6 +56,8 @@ class Trainer:
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
+        from megadrp.methods.prune import get_mode
+
         self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
@@ -67,7 +68,7 @@ class Trainer:
         self.sampler.set_weights(self.reweighter.weights)
         self.heldout = None
         if plan.eval_datasets:
-            from megadrp.trainer.heldout import HeldoutEval
+            from megadrp.trainer.periodic_eval import HeldoutEval
 
             self.heldout = HeldoutEval(plan.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
                                        cfg.logging.eval_batches, plan.tokenizer_path)

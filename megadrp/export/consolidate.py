@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from megadrp.export.prune import ExportError
+from megadrp.export.surgery import ExportError
 
 STATE_FILE = "megadrp_state.pt"
 REQUIRED_STATE = ("family", "source_shape", "mode", "config")

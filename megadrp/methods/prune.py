@@ -179,11 +179,11 @@ def register_mode(name: str, cls) -> None:
 def get_mode(name: str) -> Mode:
     if name not in MODES:
         try:  # a mode living in its own package registers itself on import
-            importlib.import_module(f"megadrp.{name}.mode")
+            importlib.import_module(f"megadrp.methods.{name}")
         except ModuleNotFoundError as err:
             if not (err.name or "").startswith("megadrp"):
                 raise
         if name not in MODES:
-            raise NotImplementedError(f"mode {name!r} has no trainer hooks yet (expected megadrp/{name}/mode.py "
-                                      f"calling megadrp.trainer.modes.register_mode)")
+            raise NotImplementedError(f"mode {name!r} has no trainer hooks yet (expected megadrp/methods/{name}.py "
+                                      f"calling megadrp.methods.prune.register_mode)")
     return MODES[name]()
