@@ -184,7 +184,7 @@ def test_refuses_masks_that_cannot_reach_the_target(runs, tmp_path):
     bad = tmp_path / "bad" / "checkpoints" / "step_1"
     shutil.copytree(run1 / "checkpoints" / "step_1", bad)
     state = torch.load(bad / "megadrp_state.pt", weights_only=False)
-    del state["masks"]["log_alpha.hidden"]  # a family the target needs is missing
+    del state["mode_state"]["masks"]["log_alpha.hidden"]  # a family the target needs is missing
     torch.save(state, bad / "megadrp_state.pt")
     with pytest.raises(ExportError, match=r"hidden_size: target 48 of the source's 64 needs a 'hidden' mask"):
         export_checkpoint(bad, tmp_path / "never", progress=False)

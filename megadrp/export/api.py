@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from megadrp import run_format
 from megadrp.export.card import base_model_id, build_model_card, source_license
 from megadrp.export.consolidate import load_checkpoint_for_export
 from megadrp.export.surgery import ExportError, kept_counts, prune_state_dict
@@ -64,14 +65,15 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
 
     Refuses, naming the counts, a checkpoint whose mask families or shapes cannot give the target shape.
     """
-    if state.get("mode") != "prune" or state.get("masks") is None:
+    saved = run_format.mode_state(state).get("masks")
+    if state.get("mode") != "prune" or saved is None:
         return None
     from megadrp.config.schema import TargetShape
     from megadrp.masks import MaskSet, active_families, resolve_target
 
     target = _target_dict(state)
     resolved = resolve_target(source, TargetShape(**target))
-    have = {k.split(".")[-1]: tuple(v.shape) for k, v in state["masks"].items() if hasattr(v, "shape")}
+    have = {k.split(".")[-1]: tuple(v.shape) for k, v in saved.items() if hasattr(v, "shape")}
     maskset_shapes = {"layer": (source.num_hidden_layers,), "hidden": (source.hidden_size,),
                       "head": (source.num_hidden_layers, source.num_key_value_heads),
                       "intermediate": (source.num_hidden_layers, source.intermediate_size)}
@@ -89,7 +91,7 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
         raise ExportError("the checkpoint's masks cannot reach the target shape: " + "; ".join(problems))
     try:
         maskset = MaskSet(source, resolved)
-        maskset.load_state_dict(state["masks"])
+        maskset.load_state_dict(saved)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ExportError(f"the checkpoint's masks {have} do not fit the source and target {target}: {err}") from err
     with torch.no_grad():

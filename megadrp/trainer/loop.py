@@ -35,10 +35,12 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, plan: Plan, resume: str = "none"):
-        self.cfg, self.plan, self.resume_spec = cfg, plan, resume
+    def __init__(self, cfg, plan: Plan, mode, resume: str = "none"):
+        """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``)."""
+        self.cfg, self.plan, self.mode, self.resume_spec = cfg, plan, mode, resume
         self.shape, self.family = plan.shape, plan.family
         self.device = dist.device()
+        self.group = dist.DataParallelGroup()  # every collective of the loop and the mode runs over it
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint = None
@@ -56,15 +58,13 @@ class Trainer:
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
-        from megadrp.methods.prune import get_mode
-
-        self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                            seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
-        self.tracker = DomainLossTracker(len(cfg.data.domains))
+                                            seed=cfg.optim.seed, rank=self.group.rank, world_size=self.group.size)
+        self.tracker = DomainLossTracker(len(cfg.data.domains), group=self.group.process_group)
         self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
-                                          target_sparsity=self.mode.final_sparsity())
+                                          target_sparsity=self.mode.final_sparsity(),
+                                          group=self.group.process_group)
         self.sampler.set_weights(self.reweighter.weights)
         self.heldout = None
         if plan.eval_datasets:
@@ -241,7 +241,6 @@ class Trainer:
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
                  "mode_state": self.mode.state_dict()}
-        state.update(self.mode.state_dict())  # "masks", "lagrangian" at the top level, as export reads them
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)
@@ -258,6 +257,6 @@ class Trainer:
             for t in (v.values() if isinstance(v, dict) else []):
                 if isinstance(t, torch.Tensor):
                     h.update(t.detach().cpu().numpy().tobytes())
-        digests = dist.all_gather_object(h.hexdigest())
+        digests = self.group.all_gather_object(h.hexdigest())
         if len(set(digests)) != 1:
             raise RuntimeError(f"replicated state differs between ranks at step {self.step}: {digests}")
