@@ -69,16 +69,14 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
     if state.get("mode") != "prune" or saved is None:
         return None
     from megadrp.config.schema import TargetShape
-    from megadrp.masks import MaskSet, active_families, resolve_target
+    from megadrp.masks import MaskSet, resolve_target
+    from megadrp.model.units import BY_NAME, active_families, mask_shapes
 
     target = _target_dict(state)
     resolved = resolve_target(source, TargetShape(**target))
     have = {k.split(".")[-1]: tuple(v.shape) for k, v in saved.items() if hasattr(v, "shape")}
-    maskset_shapes = {"layer": (source.num_hidden_layers,), "hidden": (source.hidden_size,),
-                      "head": (source.num_hidden_layers, source.num_key_value_heads),
-                      "intermediate": (source.num_hidden_layers, source.intermediate_size)}
-    field = {"layer": "num_hidden_layers", "head": "num_key_value_heads", "intermediate": "intermediate_size",
-             "hidden": "hidden_size"}
+    maskset_shapes = mask_shapes(source)
+    field = {f: unit.field for f, unit in BY_NAME.items()}
     problems = []
     for fam in active_families(source, resolved):
         want, src = getattr(resolved, field[fam]), getattr(source, field[fam])

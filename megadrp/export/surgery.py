@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-FAMILIES = ("layer", "head", "intermediate", "hidden")
+from megadrp.model.units import FAMILIES, mask_shape
 
 # HF parameter names shared by LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM.
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
@@ -33,11 +33,6 @@ LAYER = "model.layers.{}."
 
 class ExportError(ValueError):
     """A checkpoint or mask set that cannot be exported as asked; the message says why and what to do."""
-
-
-def _source_sizes(shape) -> dict[str, int]:
-    return {"layer": shape.num_hidden_layers, "head": shape.num_key_value_heads,
-            "intermediate": shape.intermediate_size, "hidden": shape.hidden_size}
 
 
 def normalize_masks(masks: Optional[Mapping[str, torch.Tensor]], shape) -> dict[str, torch.Tensor]:
@@ -51,10 +46,10 @@ def normalize_masks(masks: Optional[Mapping[str, torch.Tensor]], shape) -> dict[
     unknown = set(masks) - set(FAMILIES)
     if unknown:
         raise ExportError(f"unknown mask families {sorted(unknown)}; expected a subset of {list(FAMILIES)}")
-    sizes, num_layers = _source_sizes(shape), shape.num_hidden_layers
+    num_layers = shape.num_hidden_layers
     out = {}
     for name in FAMILIES:
-        full = (num_layers, sizes[name]) if name in ("head", "intermediate") else (sizes[name],)
+        full = mask_shape(shape, name)
         z = masks.get(name)
         if z is None:
             out[name] = torch.ones(full)
