@@ -58,7 +58,7 @@ def _write_checkpoint(src: str, run_dir: str, masks_file: str) -> None:
         cfg.pruning.target = TargetShape(**TARGET)
         cfg.data.domains = ["web", "code"]
         state = {"step": 1, "mode": "prune", "config": to_dict(cfg), "family": "llama",
-                 "source_shape": shape.to_dict(), "masks": maskset.state_dict(), "lagrangian": {},
+                 "source_shape": shape.to_dict(), "mode_state": {"masks": maskset.state_dict(), "lagrangian": {}},
                  "reweighter": {}, "sampler": {}, "rng": {}, "tokens_seen": 16,
                  "domain_weights": torch.tensor([0.75, 0.25]), "wandb_run_id": None}
         torch.save(state, ckpt_root / "step_1" / "megadrp_state.pt")

@@ -74,19 +74,80 @@ def build_stream(tokenizer, documents: list[str], max_tokens: int | None = None,
     return torch.tensor(ids, dtype=torch.long), torch.from_numpy(np.concatenate(nbytes)).long()
 
 
-def make_windows(tokenizer, documents: list[str], seq_length: int, max_windows: int = 0) -> list[Window]:
-    """The first ``max_windows`` (0: all) non-overlapping windows; a final short one counts if it predicts a token."""
+def _byte_level_unicode() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte -> printable character table (GPT-2's ``bytes_to_unicode``)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def token_byte_strings(tokenizer) -> list[bytes]:
+    """The exact UTF-8 bytes of every vocabulary id of a byte-level BPE tokenizer; special tokens: none."""
+    import json
+
+    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    if decoder.get("type") != "ByteLevel":
+        raise ValueError(f"counting the bytes of token ids needs a byte-level BPE tokenizer (decoder "
+                         f"{decoder.get('type')!r}); evaluate from text with `megadrp eval` instead")
+    inverse, special = _byte_level_unicode(), set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [b"" if i in special or p is None else bytes(inverse.get(c, 0) for c in p) for i, p in enumerate(pieces)]
+
+
+def ids_bytes(table: list[bytes], ids, eos: int) -> np.ndarray:
+    """Per-token bytes of a token stream given as ids (a ``.bin``), by :func:`build_stream`'s rule.
+
+    A token covers from the character holding its first byte to the character holding the next token's
+    first byte (to the document's end for the last one); EOS (and every special token) covers none and
+    ends a document. ``table`` is :func:`token_byte_strings` of the tokenizer. Equal to the offset-based
+    count of the same tokens' text.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.zeros(len(ids), dtype=np.int64)
+    bounds = np.flatnonzero(ids == eos).tolist()
+    start = 0
+    for end in bounds + [len(ids)]:
+        doc = ids[start:end]
+        if len(doc):
+            pieces = [table[int(t)] for t in doc]
+            data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+            first = np.cumsum([0] + [len(p) for p in pieces])  # byte offset of each token's first byte
+            # the character start at or before each byte (continuation bytes are 0b10xxxxxx)
+            char_start = np.maximum.accumulate(np.where((data & 0xC0) != 0x80, np.arange(len(data)), 0))
+            out[start:end] = np.diff(np.append(char_start, len(data))[first])
+        start = end + 1
+    return out
+
+
+def stream_windows(ids: torch.Tensor, nbytes: torch.Tensor | None, seq_length: int,
+                   max_windows: int = 0) -> list[Window]:
+    """Non-overlapping windows of ``seq_length`` tokens over a token stream (the first token of each is
+    context only); ``nbytes`` per token, or None to count no bytes. A final short window counts if it
+    predicts a token."""
     if seq_length < 2:
         raise ValueError(f"seq_length must be >= 2 (one context token and one predicted), got {seq_length}")
+    windows = []
+    for start in range(0, ids.numel(), seq_length):
+        if max_windows and len(windows) == max_windows:
+            break
+        w_ids = ids[start:start + seq_length]
+        if w_ids.numel() < 2:
+            break
+        covered = 0 if nbytes is None else int(nbytes[start + 1:start + seq_length].sum())
+        windows.append(Window(w_ids, covered))
+    return windows
+
+
+def make_windows(tokenizer, documents: list[str], seq_length: int, max_windows: int = 0) -> list[Window]:
+    """The first ``max_windows`` (0: all) non-overlapping windows; a final short one counts if it predicts a token."""
     limit = max_windows * seq_length if max_windows else None
     ids, nbytes = build_stream(tokenizer, documents, max_tokens=limit)
     if limit is not None:
         ids, nbytes = ids[:limit], nbytes[:limit]
-    windows = []
-    for start in range(0, ids.numel(), seq_length):
-        w_ids = ids[start:start + seq_length]
-        if w_ids.numel() < 2:
-            break
-        # The window's first token is context only: bytes of tokens 1..n-1.
-        windows.append(Window(w_ids, int(nbytes[start + 1:start + seq_length].sum())))
-    return windows
+    return stream_windows(ids, nbytes, seq_length)

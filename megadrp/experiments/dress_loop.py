@@ -8,15 +8,14 @@ from __future__ import annotations
 from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from megadrp.dress.regularizer import DressRegularizer
+from megadrp.model.loss import next_token_loss
 
 
 def lm_loss(model, tokens: torch.Tensor, masks=None) -> torch.Tensor:
     """Mean next-token cross-entropy of tokens [B, T+1]."""
-    logits = model(tokens[:, :-1], masks)
-    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+    return next_token_loss(model(tokens[:, :-1], masks), tokens)
 
 
 def train_steps(model, batches: Iterator[torch.Tensor], steps: int, lr: float,

@@ -13,9 +13,9 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from megadrp.config import save_config, to_dict
+from megadrp.model.loss import token_cross_entropy
 from megadrp.trainer import checkpoint, dist, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
@@ -71,7 +71,7 @@ class Trainer:
             from megadrp.trainer.periodic_eval import HeldoutEval
 
             self.heldout = HeldoutEval(plan.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                       cfg.logging.eval_batches, plan.tokenizer_path)
+                                       cfg.logging.eval_batches, plan.tokenizer_path, self.group)
         self.metrics = MetricsFile(cfg.run_dir, dist.is_main())
         run_id = None
         if path is not None:
@@ -146,8 +146,7 @@ class Trainer:
             batch = self.sampler.next_batch()
             tokens = batch["tokens"].to(self.device)
             logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
-            tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                       reduction="none").view(tokens.shape[0], -1)
+            tok_loss = token_cross_entropy(logits, tokens[:, 1:])
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
             for name, term in self.mode.loss_terms(step, micro).items():

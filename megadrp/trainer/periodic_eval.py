@@ -1,10 +1,14 @@
-"""Periodic held-out per-domain evaluation inside a training run (loss and bits per byte per domain).
+"""Periodic held-out per-domain evaluation inside a training run, under `megadrp eval`'s protocol.
+
+The windows are those of docs/EVALUATION.md laid over the tokenised held-out split (``EVAL_PREFIX_DOMAIN``):
+non-overlapping windows of ``seq_length + 1`` tokens in file order, the first token of each context only,
+so a run's eval loss and bits per byte are what ``megadrp eval --seq-length seq_length+1`` reports for the
+same model on the same token stream. Scoring is megadrp.eval's own (``score_windows``); the bytes of a
+window are eval's character-based count, computed from the ids and the run's (byte-level BPE) tokenizer
+(``ids_bytes``: EOS covers none); bits per byte are skipped when the tokenizer cannot be loaded.
 
 Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively), each on its own
-share of the windows; windows padding a rank's share carry weight 0. Windows are the first
-``eval_batches x micro_batch x world`` unshuffled ``seq_length + 1`` windows of ``EVAL_PREFIX_DOMAIN``, so
-every evaluation of a run sees the same text. Bits per byte need the windows' UTF-8 byte counts, computed
-once by decoding with the run's tokenizer (skipped when it cannot be loaded).
+share of the first ``eval_batches x micro_batch x world`` windows; the sums are all-reduced over the group.
 """
 from __future__ import annotations
 
@@ -13,68 +17,61 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from megadrp.trainer import dist
+from megadrp.eval.domain_eval import score_windows
+from megadrp.eval.windows import ids_bytes, stream_windows, token_byte_strings
+from megadrp.trainer.dist import DataParallelGroup
 
 
-def _byte_counter(tokenizer_path: Optional[str]):
+def _byte_table(tokenizer_path: Optional[str]):
+    """(bytes of every token id, EOS id) of the run's tokenizer, or None: bits per byte are then skipped
+    (no tokenizer, or not a byte-level BPE one); the loss needs neither."""
     if not tokenizer_path:
         return None
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        return token_byte_strings(tokenizer), tokenizer.eos_token_id
     except Exception:
         return None
-    # Bytes of the predicted tokens (positions 1..T): decoding a window's targets.
-    return lambda ids: len(tok.decode(ids.tolist(), skip_special_tokens=False).encode("utf-8"))
 
 
 class HeldoutEval:
     def __init__(self, datasets: dict, seq_length: int, micro_batch_size: int, num_batches: int,
-                 tokenizer_path: Optional[str] = None):
-        from megadrp.data import sequential_windows
-
+                 tokenizer_path: Optional[str] = None, group: Optional[DataParallelGroup] = None):
         self.micro = micro_batch_size
-        world, rank = dist.world_size(), dist.rank()
-        per_round = micro_batch_size * world
-        count_bytes = _byte_counter(tokenizer_path)
+        self.group = group or DataParallelGroup()
+        world, rank = self.group.size, self.group.rank
+        wanted = num_batches * micro_batch_size * world
+        width = seq_length + 1
+        table = _byte_table(tokenizer_path)
         self.domains: Dict[str, dict] = {}
         for name, ds in datasets.items():
-            windows = list(sequential_windows(ds, seq_length, max_sequences=num_batches * per_round))
-            if not windows:
+            full = min(ds.num_tokens // width, wanted)  # whole windows only: every batch has one shape
+            if full == 0:
                 continue
-            weights = [1.0] * len(windows)
-            while len(windows) % per_round:
-                windows.append(windows[0])
-                weights.append(0.0)
-            total_bytes = None
-            if count_bytes is not None:
-                total_bytes = sum(count_bytes(w[1:]) for w, wt in zip(windows, weights) if wt > 0)
-            mine = slice(rank, len(windows), world)
-            self.domains[name] = {"tokens": torch.from_numpy(np.stack(windows[mine])),
-                                  "weights": torch.tensor(weights[mine], dtype=torch.float64),
-                                  "bytes": total_bytes}
+            # One token past the last window: the last token's bytes reach to where the next one starts.
+            stream = np.asarray(ds.tokens[:full * width + 1], dtype=np.int64)
+            nbytes = None if table is None else torch.from_numpy(ids_bytes(table[0], stream, table[1]))
+            windows = stream_windows(torch.from_numpy(stream[:full * width]), nbytes, width)
+            mine = windows[rank::world]
+            # The rank with the most windows sets the number of forward passes every rank must run.
+            self.domains[name] = {"windows": mine, "batches": math.ceil(math.ceil(full / world) / self.micro),
+                                  "pad": windows[0].ids[None], "bytes": table is not None}
 
     @torch.no_grad()
     def run(self, engine, masks, device) -> dict:
         engine.eval()
         loss_out, bpb_out = {}, {}
+        forward = lambda ids: engine(ids, masks)  # noqa: E731
         for name, d in self.domains.items():
-            sums = torch.zeros(2, dtype=torch.float64)
-            for i in range(0, d["tokens"].shape[0], self.micro):
-                tokens = d["tokens"][i:i + self.micro].to(device)
-                w = d["weights"][i:i + self.micro]
-                logits = engine(tokens[:, :-1], masks)
-                tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                           reduction="none").view(tokens.shape[0], -1)
-                sums[0] += (tok_loss.sum(1).double().cpu() * w).sum()
-                sums[1] += (w * tok_loss.shape[1]).sum()
-            sums = dist.all_reduce_sum(sums)
-            loss = float(sums[0] / sums[1])
-            loss_out[name] = loss
-            if d["bytes"]:
-                bpb_out[name] = float(sums[0]) / (math.log(2) * d["bytes"])
+            nats, tokens, nbytes = score_windows(forward, d["windows"], self.micro, device)
+            for _ in range(d["batches"] - math.ceil(len(d["windows"]) / self.micro)):
+                forward(d["pad"].to(device))  # not counted: only so that every rank runs as many forwards
+            sums = self.group.all_reduce_sum(torch.tensor([nats, tokens, nbytes], dtype=torch.float64))
+            loss_out[name] = float(sums[0] / sums[1])
+            if d["bytes"] and sums[2] > 0:
+                bpb_out[name] = float(sums[0]) / (math.log(2) * float(sums[2]))
         engine.train()
         return {"eval_loss": loss_out, "eval_bpb": bpb_out}
