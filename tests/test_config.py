@@ -121,7 +121,7 @@ def test_shipped_recipes_load():
 @pytest.mark.parametrize("name", ["zero3_bf16.json", "zero3_bf16_offload.json", "zero2_bf16.json", "zero3_cpu.json"])
 def test_shipped_deepspeed_configs_resolve(name):
     precision = "fp32" if "cpu" in name else "bf16"
-    ds = check_deepspeed_json(os.path.join(ROOT, "ds_configs", name), OptimConfig(micro_batch_size=2,
+    ds = check_deepspeed_json(os.path.join(ROOT, "megadrp", "ds_configs", name), OptimConfig(micro_batch_size=2,
                               gradient_accumulation_steps=4), precision, world_size=8)
     assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"]["stage"] in (2, 3)

@@ -64,7 +64,7 @@ def write_config(tmp: Path, ws: dict, run_dir: Path, mode: str = "prune", **sect
         "data": {"prefix": ws["prefix"], "eval_prefix": "", "domains": list(DOMAIN_TEXT), "seq_length": 32},
         "dro": {"method": "drpruning", "update_interval": 3, "fit_in_background": False},
         "optim": {"max_steps": 12, "micro_batch_size": 2, "gradient_accumulation_steps": 2, "lr": 1e-3},
-        "deepspeed": {"config": str(REPO / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
+        "deepspeed": {"config": str(REPO / "megadrp" / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
         "checkpoint": {"save_interval": 4, "keep_last": 2},
         "logging": {"log_interval": 1, "wandb_mode": "disabled"},
     }

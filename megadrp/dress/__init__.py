@@ -1,4 +1,4 @@
-"""DReSS: select units up front, regularise them towards zero, prune through export, finetune (METHOD.md 3).
+"""DReSS: select units up front, regularise them towards zero, prune through export, finetune (docs/DRESS.md).
 
 - ``scoring.score_units``: importance on calibration batches (activation, taylor, magnitude; layers by 1 - cos).
 - ``select.select_units``: exact 0/1 keep masks for a target shape (per-layer heads/channels, global dims/layers).

@@ -4,7 +4,8 @@ Given a source state dict, its shape and the deterministic masks (exact zeros fo
 values for kept ones), fold every mask into the weights exactly once and slice the pruned units away,
 so that a plain Hugging Face decoder of the achieved shape computes the masked model's logits.
 
-Where each mask goes (METHOD.md section 1; x is the residual stream, which carries z_hidden):
+Where each mask goes (the mask placement of Sheared-LLaMA, Xia et al. 2023, which DRPruning follows;
+docs/EXPORT.md; x is the residual stream, which carries z_hidden):
 - z_head (per KV group): rows of v_proj (and its bias): softmax(qk) @ (v * z) == (softmax(qk) @ v) * z.
 - z_layer * z_hidden: output rows of o_proj and down_proj (the only writes into the residual stream
   besides the embedding).
