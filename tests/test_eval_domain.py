@@ -10,8 +10,7 @@ from test_eval_fixtures import MULTI, TEXTS, build_model_folder, build_tokenizer
 
 from megadrp.eval import loading
 from megadrp.eval.domain_eval import evaluate_domains, evaluate_models
-from megadrp.eval.heldout import load_heldout
-from megadrp.eval.windows import _token_bytes
+from megadrp.eval.windows import _token_bytes, load_heldout
 
 
 @pytest.fixture(scope="module")

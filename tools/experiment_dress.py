@@ -33,7 +33,7 @@ from megadrp.dress.regularizer import DressRegularizer  # noqa: E402
 from megadrp.dress.scoring import score_units  # noqa: E402
 from megadrp.dress.select import select_units  # noqa: E402
 from megadrp.eval.domain_eval import evaluate_domains  # noqa: E402
-from megadrp.eval.heldout import load_heldout, read_documents  # noqa: E402
+from megadrp.eval.windows import load_heldout, read_documents  # noqa: E402
 from megadrp.experiments.dress_loop import train_steps  # noqa: E402
 from megadrp.model import load_pretrained  # noqa: E402
 

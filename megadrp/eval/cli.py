@@ -78,7 +78,7 @@ def evaluate_cli_models(models: dict[str, str], texts, args, tasks: list[str]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megadrp.eval.heldout import load_heldout
+    from megadrp.eval.windows import load_heldout
     from megadrp.eval_results import markdown_report
 
     args = build_parser().parse_args(argv)

@@ -1,17 +1,78 @@
-"""Token stream and evaluation windows of one domain, with the exact UTF-8 bytes each token covers.
+"""Held-out text and its evaluation windows, with the exact UTF-8 bytes each token covers (docs/EVALUATION.md).
 
-The documents are joined with EOS between them and cut into non-overlapping windows of ``seq_length``
-tokens. Token ``i`` of a document covers the characters from its own start offset to the next token's
-start (the first token from 0, the last to the document's end), so the tokens of a document tile it:
+The held-out split is ``CORPUS/heldout/DOMAIN.jsonl``, one document per line, field ``text``
+(``load_heldout``). The documents are joined with EOS between them and cut into non-overlapping windows of
+``seq_length`` tokens. Token ``i`` of a document covers the characters from its own start offset to the next
+token's start (the first token from 0, the last to the document's end), so the tokens of a document tile it:
 summing their bytes over any run of tokens gives the bytes of exactly that span of text. EOS covers no
-text (0 bytes). See docs/EVALUATION.md.
+text (0 bytes). ``ids_bytes`` gives the same counts from token ids alone (the trainer's periodic eval).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def available_domains(corpus_dir) -> list[str]:
+    """Domain names that have a held-out file, sorted."""
+    heldout = Path(corpus_dir) / "heldout"
+    return sorted(p.stem for p in heldout.glob("*.jsonl"))
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    # Cut at a character boundary so the kept text is valid UTF-8 and its byte count is <= max_bytes.
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def read_documents(path, max_bytes: int | None = None) -> list[str]:
+    """The non-empty ``text`` fields of a JSONL file, stopping once ``max_bytes`` UTF-8 bytes are read."""
+    docs, used = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{line_no}: expected a JSON object with a 'text' field ({err})") from None
+            if not text:
+                continue
+            if max_bytes is not None:
+                room = max_bytes - used
+                if room <= 0:
+                    break
+                text = _truncate_utf8(text, room)
+                if not text:
+                    break
+            docs.append(text)
+            used += len(text.encode("utf-8"))
+    return docs
+
+
+def load_heldout(corpus_dir, domains=None, max_bytes: int | None = None) -> dict[str, list[str]]:
+    """Held-out documents per domain, in the order asked (default: every domain of ``corpus_dir/heldout``).
+
+    ``max_bytes`` caps the UTF-8 bytes read per domain (documents in file order, the last one cut).
+    A domain asked for but absent raises ``FileNotFoundError`` naming the domains that exist; a domain
+    whose file holds no text maps to ``[]`` (``evaluate_domains`` reports it as skipped).
+    """
+    heldout = Path(corpus_dir) / "heldout"
+    if not heldout.is_dir():
+        raise FileNotFoundError(f"no held-out split: {heldout} does not exist (expected CORPUS/heldout/DOMAIN.jsonl, "
+                                "as written by tools/build_corpus.py)")
+    present = available_domains(corpus_dir)
+    if domains is None:
+        domains = present
+    missing = [d for d in domains if d not in present]
+    if missing:
+        raise FileNotFoundError(f"held-out domain(s) {missing} not found in {heldout}; available: {present}")
+    if not domains:
+        raise FileNotFoundError(f"{heldout} holds no DOMAIN.jsonl file")
+    return {d: read_documents(heldout / f"{d}.jsonl", max_bytes) for d in domains}
 
 
 @dataclass
