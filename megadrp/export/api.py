@@ -25,10 +25,9 @@ from megadrp.export.writer import (
     save_weights,
     torch_dtype,
 )
+from megadrp.model.units import TARGET_FIELDS
 
 log = logging.getLogger(__name__)
-SHAPE_TARGETS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                 "num_hidden_layers")
 
 
 def expected_shape(source, target: Optional[Mapping[str, Any]]) -> dict[str, int]:
@@ -40,7 +39,7 @@ def expected_shape(source, target: Optional[Mapping[str, Any]]) -> dict[str, int
         resolved = resolve_target(source, TargetShape(**dict(target or {})))
     except (ConfigError, TypeError) as err:
         raise ExportError(f"the checkpoint's target shape {dict(target or {})} is invalid: {err}") from err
-    return {name: getattr(resolved, name) for name in SHAPE_TARGETS}
+    return {name: getattr(resolved, name) for name in TARGET_FIELDS}
 
 
 def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, target) -> None:
@@ -50,7 +49,7 @@ def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, ta
     rep = source.num_attention_heads // source.num_key_value_heads
     got["num_attention_heads"] = [g * rep for g in got["num_key_value_heads"]]
     problems = []
-    for name in SHAPE_TARGETS:
+    for name in TARGET_FIELDS:
         have = got[name] if isinstance(got[name], list) else [got[name]]
         if have != [want[name]]:
             problems.append(f"{name}: target {want[name]}, masks keep {have if len(have) > 1 else have[0]} "

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from megadrp.config.schema import ConfigError, TargetShape
 from megadrp.model.shape import ModelShape
-from megadrp.model.units import active_families  # noqa: F401  (re-exported: masks.active_families)
-
-_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "num_hidden_layers")
+from megadrp.model.units import (
+    TARGET_FIELDS,
+    active_families,  # noqa: F401  (re-exported: masks.active_families)
+)
 
 
 def resolve_target(source: ModelShape, target: TargetShape, prefix: str = "pruning.target") -> ModelShape:
     """The full target ModelShape (source with the target's sizes), or ConfigError."""
-    for name in _FIELDS:
+    for name in TARGET_FIELDS:
         v, s = getattr(target, name), getattr(source, name)
         if v is None:
             continue

@@ -37,6 +37,9 @@ UNITS = (UnitFamily("layer", "num_hidden_layers", False), UnitFamily("head", "nu
 BY_NAME = {u.name: u for u in UNITS}
 #: The mask families in their fixed order (the order masks are sampled, saved and logged in).
 FAMILIES = tuple(u.name for u in UNITS)
+#: The ModelShape fields a pruning target sets: the unit counts, and num_attention_heads (whole KV groups).
+TARGET_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                 "num_hidden_layers")
 
 
 def unit_counts(shape) -> dict[str, int]:
