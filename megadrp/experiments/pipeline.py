@@ -102,7 +102,8 @@ def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[s
 
 def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, overrides: list[str]) -> None:
     """`megadrp MODE` to max_steps, resuming a killed run; skipped when its final checkpoint exists."""
-    done = run_format.latest_step(run_dir)
+    newest = run_format.newest_complete(run_dir)
+    done = int(newest.name.split("_")[1]) if newest else -1
     if done >= max_steps:
         print(f"cached: {run_dir} finished at step {done}")
         return

@@ -25,13 +25,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path} does not exist")
-    try:
-        found = run_format.find_checkpoint(path)
-    except run_format.CheckpointNotFound as err:
-        raise ExportError(str(err)) from None
+    found = run_format.find_checkpoint(path)
     if found is None:
-        raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no checkpoints/latest "
-                          f"under it. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder written by the trainer")
+        pointed = run_format.read_latest(path.parent if path.name == "checkpoints" else path)
+        why = f" (its latest names {pointed.name}, which is incomplete or was deleted)" if pointed else ""
+        raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no complete step_N "
+                          f"under its checkpoints/{why}. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder "
+                          f"written by the trainer")
     return found
 
 

@@ -27,7 +27,6 @@ from megadrp.run_format import (  # noqa: F401  (resolve, read_state: the traine
     list_checkpoints,
     read_state,
     resolve,
-    step_tag,
 )
 from megadrp.trainer import dist, faults
 
@@ -79,8 +78,7 @@ def _copy_tokenizer(src: Optional[str], dst: Path) -> None:
 def save(engine, run_dir, step: int, state: dict, keep_last: int, tokenizer_src: Optional[str] = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint folder."""
     ck = checkpoints_dir(run_dir)
-    tag = step_tag(step)
-    tmp_tag = f".tmp_{tag}"
+    tag, tmp_tag = f"step_{step}", f".tmp_step_{step}"
     tmp_dir, final = ck / tmp_tag, ck / tag
     if dist.is_main():
         ck.mkdir(parents=True, exist_ok=True)
