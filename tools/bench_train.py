@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from megadrp.model.loss import token_cross_entropy  # noqa: E402
+from megadrp.kernels.cross_entropy import token_cross_entropy  # noqa: E402
 
 SHAPES = {
     # name: (vocab, d, H, G, m, L); head_dim = d / H

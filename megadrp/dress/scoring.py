@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from megadrp.dress.units import coupled_slices, slice_stats
 from megadrp.kernels import ops
-from megadrp.model.loss import token_cross_entropy
+from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.model.rope import apply_rope
 
 CRITERIA = ("activation", "taylor", "magnitude")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from megadrp.eval.windows import Window, make_windows
-from megadrp.model.loss import token_cross_entropy
+from megadrp.kernels.cross_entropy import token_cross_entropy
 
 LN2 = math.log(2.0)
 

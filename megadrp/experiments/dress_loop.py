@@ -10,12 +10,12 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from megadrp.dress.regularizer import DressRegularizer
-from megadrp.model.loss import next_token_loss
+from megadrp.kernels.cross_entropy import token_cross_entropy
 
 
 def lm_loss(model, tokens: torch.Tensor, masks=None) -> torch.Tensor:
     """Mean next-token cross-entropy of tokens [B, T+1]."""
-    return next_token_loss(model(tokens[:, :-1], masks), tokens)
+    return token_cross_entropy(model(tokens[:, :-1], masks), tokens[:, 1:]).mean()
 
 
 def train_steps(model, batches: Iterator[torch.Tensor], steps: int, lr: float,

@@ -15,7 +15,7 @@ import time
 import torch
 
 from megadrp.config import save_config, to_dict
-from megadrp.model.loss import token_cross_entropy
+from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.trainer import checkpoint, dist, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
