@@ -96,9 +96,11 @@ def fit_scaling_law(tokens: Sequence[float], losses: Sequence[float],
 
 def predict_reference(tokens, losses, kept, end_tokens: float, end_kept: Optional[float],
                       lowest_observed: Optional[float] = None) -> Optional[float]:
-    """Predicted loss at the end of training, never below the lowest loss observed; None if no fit.
+    """Predicted loss at the end of training, capped *above* at the lowest loss observed; None if no fit.
 
-    lowest_observed defaults to the smallest of ``losses`` (pass the true minimum when points were thinned).
+    The reference is where the loss is heading, so it is never above where it has already been (DRPruning,
+    DRO_server.py: ``min(prediction, min(losses))``, then ``max(., 0)``). lowest_observed defaults to the
+    smallest of ``losses`` (pass the true minimum when points were thinned).
     """
     law = fit_scaling_law(tokens, losses, kept)
     if law is None:
@@ -106,6 +108,5 @@ def predict_reference(tokens, losses, kept, end_tokens: float, end_kept: Optiona
     pred = float(law.predict(end_tokens, end_kept if kept is not None else None))
     if not np.isfinite(pred):
         return None
-    # A fit extrapolated far past the data can promise any loss: never trust it below what was seen.
-    floor = float(np.min(losses)) if lowest_observed is None else float(lowest_observed)
-    return max(pred, floor)
+    cap = float(np.min(losses)) if lowest_observed is None else float(lowest_observed)
+    return max(min(pred, cap), 0.0)
