@@ -89,6 +89,13 @@ class PruningConfig:
     protect_massive_dims: float = opt(
         10.0, "Never mask hidden dims whose residual-stream RMS on a calibration batch exceeds this multiple of "
         "the median (massive activations; 0 disables). See megadrp/masks/outliers.py.")
+    controller: str = opt(
+        "tracking", "How expected sparsity follows its target: 'tracking' (exact per-step projection, lambda1 "
+        "prices units; meets the target in runs of any length) or 'reference' (Sheared-LLaMA's Lagrangian "
+        "dynamics, overshoots in short runs). See megadrp/masks/controller.py.", choices=("tracking", "reference"))
+    side_lr_schedule: str = opt(
+        "weights", "LR schedule of the mask and multiplier groups: 'weights' (the weights' warm-up + cosine, as "
+        "the reference) or 'constant'.", choices=("weights", "constant"))
 
     def check(self, prefix: str = "pruning"):
         self.target.check(f"{prefix}.target")

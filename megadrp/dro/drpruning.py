@@ -4,22 +4,24 @@ Per step: an EMA (factor ``ema`` per step) of each domain's training loss, start
 observation (not 0). The EMA is per *step*, not per observation: a domain last seen ``a`` steps ago weighs
 its new observation ``1 - (1 - ema)^a``, as if the new value had held over the steps it was not sampled.
 Per observation (the reference), a domain sampled one step in eight at the 0.2 p floor averages over eight
-times as many steps as a frequent one, so its stale, lower (pruning raises losses) estimate keeps it down. Per update: excess r = l_hat - l_ref; q = the
-chi-square-ball worst case around the reference ratio p (``chi2_dro_weights``), floored at
-q_i >= min_ratio p_i. If every r < 0, the references are scaled by 0.9, 0.8, ... (for this update only)
-until some r > 0. A domain never observed yet gets the p-weighted mean excess of the others (neutral).
+times as many steps as a frequent one, so its stale, lower (pruning raises losses) estimate keeps it down.
+Per update: excess r = l_hat - l_ref; q = the chi-square-ball worst case around the reference ratio p
+(``chi2_dro_weights``), floored at q_i >= min_ratio p_i. If every r < 0, the references are scaled by 0.9,
+0.8, ... (for this update only) until some r > 0. A domain never observed yet gets the p-weighted mean
+excess of the others (neutral).
 
 Dynamic reference loss: from 2% of training each update records, per domain seen in the interval,
-(D_i tokens seen, kept fraction 1 - sparsity, mean loss over the interval), thinning to at most 64 points
-(every other point, newest kept) so the record spans the whole run. From 10% each update launches a fit of
-l(D, s) = A D^-alpha s^-beta + E per domain (no s term without a target sparsity, i.e. in CPT) on a
-snapshot of that record; the result is consumed at the *next* update. The prediction is at the end of
-training (D_i scaled to total steps, s at the target), capped above at the lowest loss observed; a domain's
-first prediction *replaces* its initial reference, later ones lower it (l_ref_i = min(l_ref_i, prediction)),
-as in the reference (DRO_loading_callback.py). With ``fit_in_background`` the fit runs in a thread between the two updates, off
-the training step's path; otherwise it runs at launch. Either way the result used at update j is the one
-launched at update j-1 from the same global data, so both modes give identical weights. Every rank fits
-the same data; the references are then broadcast from rank 0 with the weights.
+(D_i tokens at the interval's middle, kept fraction 1 - sparsity, mean loss over the interval), thinning to
+at most 64 points (every other point, newest kept) so the record spans the whole run. From 10% each update
+launches a fit of l(D, s) = A D^-alpha s^-beta + E per domain (no s term without a target sparsity, i.e. in
+CPT) on a snapshot of that record; the result is consumed at the *next* update. The prediction is at the end
+of training (D_i scaled to total steps, s at the target), capped above at the lowest loss observed; a
+domain's first prediction *replaces* its initial reference, later ones lower it (l_ref_i = min(l_ref_i,
+prediction)), as in the reference (DRO_loading_callback.py). With ``fit_in_background`` the fit runs in a
+thread between the two updates, off the training step's path; otherwise it runs at launch. Either way the
+result used at update j is the one launched at update j-1 from the same global data, so both modes give
+identical weights. Every rank fits the same data; the references are then broadcast from rank 0 with the
+weights.
 
 Dynamic ratio: from 20%, p <- 0.9 p + 0.1 q, renormalised, clamped to [p0/2, 2 p0], renormalised, clamped to
 [min p0, max p0], renormalised (the reference's two clamps; with a uniform p0 the second keeps p uniform).
