@@ -125,16 +125,6 @@ class DRPruningReweighter(DomainReweighter):
         self.ref_scale = 1.0
         self._pending: Optional[_PendingFit] = None
 
-    def needs_reference_losses(self) -> bool:
-        return bool(np.all(np.isnan(self.ref)))
-
-    def set_reference_losses(self, losses: Sequence[float]) -> None:
-        """The initial l_ref (e.g. the starting model's own held-out loss per domain, measured by the trainer)."""
-        losses = np.asarray(losses, dtype=np.float64)
-        if losses.shape != self.ref.shape or not np.all(np.isfinite(losses)):
-            raise ValueError(f"need one finite reference loss per domain ({self.num_domains}), got {losses}")
-        self.ref = losses.copy()
-
     def _observe(self, step: int, mean: np.ndarray, present: np.ndarray):
         first = present & np.isnan(self.ema)
         again = present & ~first
