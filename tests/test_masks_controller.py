@@ -57,3 +57,27 @@ def test_shift_to_sparsity_rows_and_protected_units():
     assert float(1 - score.mean()) == pytest.approx(0.25, abs=1e-6)
     unreachable = shift_to_sparsity(la, 0.99)  # beyond the clamp range: every unit ends at the lower clamp
     assert torch.all((la + unreachable) <= hc.LOG_ALPHA_MIN)
+
+
+@pytest.mark.parametrize("schedule", ["weights", "constant"])
+def test_prune_mode_side_groups_follow_the_weights_schedule(schedule):
+    """The reference's scheduler spans every group: masks and multipliers warm up and decay with the weights."""
+    from types import SimpleNamespace
+
+    from megadrp.config.loader import from_dict
+    from megadrp.config.schema import RunConfig
+    from megadrp.trainer.modes import PruneMode
+    from megadrp.trainer.schedule import lr_at
+
+    cfg = from_dict(RunConfig, {"mode": "prune", "pruning": {
+        "target": {"hidden_size": 96, "num_key_value_heads": 2, "num_attention_heads": 4, "intermediate_size": 160,
+                   "num_hidden_layers": 6}, "lr_log_alpha": 0.5, "lr_lambda": 2.0, "side_lr_schedule": schedule},
+        "optim": {"max_steps": 100, "warmup_steps": 10}})
+    mode = PruneMode()
+    mode.setup(SimpleNamespace(cfg=cfg, shape=SMALL, device=torch.device("cpu")))
+    for step in (1, 2, 3):
+        mode.zero_grad()
+        sum(mode.loss_terms(step, 0).values()).backward()
+        mode.after_step(step)
+        factor = lr_at(step - 1, 100, 1.0, 10, cfg.optim.min_lr_ratio) if schedule == "weights" else 1.0
+        assert [g["lr"] for g in mode.side.optimizer.param_groups] == pytest.approx([0.5 * factor, 2.0 * factor])
