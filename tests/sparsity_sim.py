@@ -88,3 +88,27 @@ def kept_importance_share(hist: dict, family: str = "intermediate") -> float:
     n_keep = int(keep.sum(-1)[0]) if keep.dim() == 2 else int(keep.sum())
     best = imp.topk(n_keep, dim=-1).values.sum()
     return float((imp * keep).sum() / best) if math.isfinite(float(best)) else float("nan")
+
+
+def main(argv=None) -> None:
+    """Print the end error, worst excess and kept-importance share on the demo's shape (docs/ARCHITECTURE.md)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", default="40,400,3200")
+    ap.add_argument("--controllers", default="reference,tracking")
+    ap.add_argument("--schedules", default="weights,constant")
+    args = ap.parse_args(argv)
+    for controller in args.controllers.split(","):
+        for steps in map(int, args.steps.split(",")):
+            for schedule in args.schedules.split(","):
+                hist = simulate(smollm2_shape(), demo_target(), steps, warmup_fraction=0.25 if steps == 40 else 0.2,
+                                controller=controller, side_lr_schedule=schedule)
+                cells = " ".join(f"{f} end {w['end_error']:.3f} over {w['max_over']:.3f} peak {w['peak']:.3f}"
+                                 for f, w in worst(hist).items())
+                print(f"{controller:9s} {steps:5d} {schedule:8s} | {cells} | kept importance ffn "
+                      f"{kept_importance_share(hist):.3f} head {kept_importance_share(hist, 'head'):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
