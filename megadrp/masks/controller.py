@@ -49,6 +49,10 @@ def _row_scores(log_alpha: torch.Tensor, shift: torch.Tensor, beta: float, prote
     return score.mean(-1, keepdim=True), slope.mean(-1, keepdim=True)
 
 
+def _clamp_score(log_alpha: float, beta: float) -> float:
+    return float(hc.score(torch.tensor(log_alpha, dtype=torch.float64), beta))
+
+
 @torch.no_grad()
 def shift_to_sparsity(log_alpha: torch.Tensor, target: float, beta: float = hc.BETA,
                       protected: Optional[torch.Tensor] = None, tol: float = 1e-7) -> torch.Tensor:
@@ -63,9 +67,11 @@ def shift_to_sparsity(log_alpha: torch.Tensor, target: float, beta: float = hc.B
     width = hc.LOG_ALPHA_MAX - hc.LOG_ALPHA_MIN
     lo = torch.full(la.shape[:-1] + (1,), -(width + 1.0), dtype=la.dtype, device=la.device)
     hi, x = -lo, torch.zeros_like(lo)
-    # Rows whose target lies beyond what the clamp range can give stay at that edge (all units clamped).
-    above = _row_scores(la, hi, beta, protected)[0] <= want
-    below = _row_scores(la, lo, beta, protected)[0] >= want
+    # Rows whose target lies beyond what the clamp range can give stay at that edge. At either end of the
+    # bracket every unit sits at the same clamp value, so those two mean scores need no pass over the row.
+    kept = torch.zeros_like(lo) if protected is None else protected.to(la.dtype).mean(-1, keepdim=True)
+    above = kept + (1.0 - kept) * _clamp_score(hc.LOG_ALPHA_MAX, beta) <= want
+    below = kept + (1.0 - kept) * _clamp_score(hc.LOG_ALPHA_MIN, beta) >= want
     edge = torch.where(above, hi, lo)
     for _ in range(_MAX_ITERATIONS):
         mean, slope = _row_scores(la, x, beta, protected)
