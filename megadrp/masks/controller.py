@@ -11,9 +11,9 @@ controller", has the measurement).
 ``tracking`` (the default) separates *how many* units go from *which*:
 - how many: after every side-optimizer step each family's log_alpha is shifted by one common offset per row
   (per layer for head and intermediate, the whole family for layer and hidden) so that its expected sparsity
-  equals the step's target exactly: the projection of projected gradient descent onto the level set
-  {expected sparsity = target} along the row's all-ones direction, the one direction that keeps the units'
-  order. Nothing can wind up or overshoot, whatever the run's length.
+  equals the step's target exactly: a projection onto the level set {expected sparsity = target}, taken
+  along the row's all-ones direction (not the Euclidean one) because that direction keeps the units' order.
+  Nothing can wind up or overshoot, whatever the run's length.
 - which: the Lagrangian's lambda1 stays the *price* of a kept unit, as in the reference: under AdamW a unit
   rises when its LM-loss gradient beats the price's push and sinks otherwise, and that competition is what
   ranks the units (a projection alone, with no price, kept a random subset: AdamW moves every unit by about
