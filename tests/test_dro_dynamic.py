@@ -77,3 +77,22 @@ def test_dynamic_ratio_has_both_reference_clamps():
     assert p[0] == pytest.approx(0.4, abs=0.02) and np.all(p >= 0.28)
     uniform = np.full(3, 1 / 3)
     np.testing.assert_allclose(dynamic_ratio_step(uniform, q, uniform), uniform)
+
+
+def test_initial_references_fitted_over_the_model_family():
+    """Three family sizes determine L(N) = A N^-alpha + E; the references are its prediction at the end size
+    (source params x kept fraction), unless references are configured."""
+    law = [(300.0, 0.30, 1.6), (80.0, 0.25, 0.7)]
+    sizes = [7e9, 13e9, 70e9]
+    losses = [[a * n ** -alpha + e for a, alpha, e in law] for n in sizes]
+    cfg = DroConfig(family_params=sizes, family_losses=losses)
+    rw = make_reweighter(cfg, DOMAINS[:2], [1, 1], 100, target_sparsity=0.8, model_params=7e9)
+    want = [a * 1.4e9 ** -alpha + e for a, alpha, e in law]
+    np.testing.assert_allclose(rw.ref, want, rtol=2e-3)
+    assert not rw.needs_reference_losses()
+    given = make_reweighter(DroConfig(family_params=sizes, family_losses=losses, reference_losses=[1.0, 2.0]),
+                            DOMAINS[:2], [1, 1], 100, target_sparsity=0.8, model_params=7e9)
+    np.testing.assert_allclose(given.ref, [1.0, 2.0])
+    with pytest.raises(ValueError, match="one row of 2 losses"):
+        make_reweighter(DroConfig(family_params=sizes, family_losses=losses[:2]), DOMAINS[:2], [1, 1], 100,
+                        model_params=7e9)

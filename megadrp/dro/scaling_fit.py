@@ -64,15 +64,19 @@ def _grid_values(grid: np.ndarray, log_d, log_s, log_l) -> np.ndarray:
 
 
 def fit_scaling_law(tokens: Sequence[float], losses: Sequence[float],
-                    kept: Optional[Sequence[float]] = None) -> Optional[ScalingLaw]:
-    """Fit A, alpha, beta, E to (tokens, kept, loss) points; None when there are too few usable points."""
+                    kept: Optional[Sequence[float]] = None, min_points: Optional[int] = None) -> Optional[ScalingLaw]:
+    """Fit A, alpha, beta, E to (tokens, kept, loss) points; None when there are too few usable points.
+
+    min_points defaults to one more than the free parameters (3 without ``kept``, else 4); an exactly
+    determined fit (e.g. a model family's three sizes) passes the parameter count itself.
+    """
     d = np.asarray(tokens, dtype=np.float64)
     l = np.asarray(losses, dtype=np.float64)
     s = np.ones_like(d) if kept is None else np.asarray(kept, dtype=np.float64)
     ok = np.isfinite(d) & np.isfinite(l) & np.isfinite(s) & (d > 0) & (l > 0) & (s > 0)
     d, l, s = d[ok], l[ok], s[ok]
     num_params = 3 if kept is None else 4
-    if d.size < num_params + 1:
+    if d.size < (num_params + 1 if min_points is None else min_points):
         return None
     d_scale = d.max()
     log_d, log_s, log_l = np.log(d / d_scale), np.log(s), np.log(l)

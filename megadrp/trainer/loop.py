@@ -64,7 +64,8 @@ class Trainer:
                                             seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
         self.tracker = DomainLossTracker(len(cfg.data.domains))
         self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
-                                          target_sparsity=self.mode.final_sparsity())
+                                          target_sparsity=self.mode.final_sparsity(),
+                                          model_params=float(self.shape.num_params()))
         self.sampler.set_weights(self.reweighter.weights)
         self.heldout = None
         if plan.eval_datasets:
