@@ -12,7 +12,9 @@ of older versions (torch.save'd `megadrp_state.pt`) is refused with the command 
 `python -m megadrp.run_format convert-legacy STEP_DIR`. DeepSpeed's own files are pickles DeepSpeed loads
 unrestricted; `check_deepspeed_files` loads each with weights_only=True first and refuses any that fails.
 
-API: write_state / read_state, write_manifest / verify_manifest (checksums), write_latest / read_latest,
+A mode's own state (the prune masks and multipliers, DReSS's selection) sits under ``"mode_state"``, saved once.
+
+API: write_state / read_state / mode_state, write_manifest / verify_manifest (checksums), write_latest / read_latest,
 list_checkpoints / newest_complete, resolve (trainer: 'auto' | PATH) and find_checkpoint (export / eval).
 """
 from __future__ import annotations
@@ -38,8 +40,11 @@ FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class RunFormatError(ValueError):
-    """A run directory or checkpoint that cannot be read as asked; the message names the file and the fix."""
+class RunFormatError(FileNotFoundError, ValueError):
+    """A run directory or checkpoint that cannot be read as asked; the message names the file and the fix.
+
+    Both a FileNotFoundError (what a missing checkpoint is) and a ValueError (what a damaged one is), so callers
+    catching either see it."""
 
 
 # ---- state: tensors in safetensors, everything else in tagged JSON (megadrp.state_codec) ----------------
@@ -90,6 +95,11 @@ def read_state(folder) -> dict:
     if doc.get("format") != FORMAT_VERSION:
         raise RunFormatError(f"{path} has state format {doc.get('format')!r}; this megadrp reads {FORMAT_VERSION}")
     return decode(doc["state"], tensors)
+
+
+def mode_state(state: dict) -> dict:
+    """The mode's own part of a state (prune: ``masks``, ``lagrangian``, ``side_optimizer``), saved once."""
+    return state.get("mode_state") or {}
 
 
 def convert_legacy(folder) -> None:

@@ -80,6 +80,7 @@ def run(argv: list[str], mode: str | None = None) -> int:
         if _is_main_env():
             print(f"{prefix}: {err}", file=sys.stderr)
         return 2
+    from megadrp.methods import get_mode
     from megadrp.trainer import Trainer, TrainingDiverged, dist
     from megadrp.trainer.write_guard import CheckpointWriteError
 
@@ -88,7 +89,7 @@ def run(argv: list[str], mode: str | None = None) -> int:
     lock = None
     try:
         lock = _lock_run_dir(cfg, args.overwrite)
-        return Trainer(cfg, plan, resume=cfg.checkpoint.resume).setup().train()
+        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume).setup().train()
     except TrainingDiverged as err:
         if dist.is_main():
             print(f"{prefix}: training diverged: {err}", file=sys.stderr, flush=True)

@@ -52,7 +52,7 @@ def test_float_dtype_code_in_an_index_is_refused(tmp_path):
 
 
 def test_eval_refuses_a_corpus_missing_a_manifest_domain(tmp_path):
-    from megadrp.eval.heldout import load_heldout, read_documents
+    from megadrp.eval.windows import load_heldout, read_documents
 
     corpus = write_corpus(tmp_path / "c", {"code": ["x = 1"], "math": ["1 + 1 = 2"]})
     (corpus / "manifest.json").write_text(json.dumps({"domains": {"code": {}, "math": {}, "legal": {}}}))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from megadrp import run_format
-from megadrp.export.prune import ExportError
+from megadrp.export.surgery import ExportError
 from megadrp.run_format import STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_STATE if k not in state]
     if missing:
         raise ExportError(f"{ckpt / STATE_FILE} lacks {missing}: not written by a megadrp trainer of this version")
-    if state["mode"] == "prune" and state.get("masks") is None:
-        raise ExportError(f"{ckpt / STATE_FILE} is a prune checkpoint without 'masks'; cannot compute the pruned shape")
+    if state["mode"] == "prune" and run_format.mode_state(state).get("masks") is None:
+        raise ExportError(f"{ckpt / STATE_FILE} is a prune checkpoint without masks; cannot compute the pruned shape")
     return state
 
 
