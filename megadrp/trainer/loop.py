@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from megadrp.config import save_config, to_dict
-from megadrp.trainer import checkpoint, dist, faults
+from megadrp.trainer import checkpoint, dist, elastic, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer.build import Plan
@@ -52,6 +52,8 @@ class Trainer:
         cfg, plan = self.cfg, self.plan
         torch.manual_seed(cfg.optim.seed)
         path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
+        # At another world size than the checkpoint's: its universal conversion, and ds_config set to load it.
+        self.engine_state_path = elastic.prepare_resume(path, plan.ds_config, dist.world_size())
         model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
         if path is None:  # a resumed run takes every weight from the checkpoint: skip reading the source
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
@@ -122,7 +124,7 @@ class Trainer:
         state = checkpoint.read_state(path)
         if state["mode"] != self.cfg.mode:
             raise ValueError(f"{path} is a {state['mode']} checkpoint; this run is {self.cfg.mode}")
-        checkpoint.load(self.engine, path)
+        checkpoint.load(self.engine, self.engine_state_path)
         self.mode.load_state_dict(state.get("mode_state", {}))
         self.sampler.load_state_dict(state["sampler"])
         self.reweighter.load_state_dict(state["reweighter"])
