@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config")
     ap.add_argument("--tiny", type=Path, help="build the tests' tiny workspace here and use its config")
+    ap.add_argument("--predict-only", action="store_true", help="print the plan's numbers without running")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -56,7 +57,10 @@ def main(argv=None) -> int:
     cfg = load_config(config, list(args.overrides) + ["logging.wandb_mode=disabled", "checkpoint.save_interval=100000"])
     plan = preflight(cfg, world_size=1)
     run = run_shape(cfg, 1, precision=plan.precision, ds_config=plan.ds_config)
-    est = estimate(run, None)
+    est = estimate(run, None, device="cuda" if torch.cuda.is_available() else "cpu")
+    if args.predict_only:
+        print(json.dumps({k: round(v, 3) for k, v in est.per_gpu_gib.items()}))
+        return 0
     dist.ensure_single_process_env()
     dist.init_distributed()
     cuda = torch.cuda.is_available()

@@ -5,7 +5,8 @@ gradients, the fp32 master copy and Adam's two fp32 moments; stage 1 partitions 
 and moments) over the data-parallel ranks, stage 2 the gradients too, stage 3 the weights as well.
 ``offload_optimizer`` moves the master copy, the moments and the fp32 gradient partition to host memory,
 ``offload_param`` the weights. DeepSpeed keeps the fp32 flat partition even when training in fp32 (stage >= 1),
-so the master copy is counted there as well (the CPU measurements in docs/BENCHMARKS.md agree).
+so the master copy is counted there as well, and stage 3 an fp32 gradient buffer of its largest sub-group
+(DeepSpeed 0.19 runtime/zero/stage3.py; the CPU measurements in docs/BENCHMARKS.md agree).
 
 Activations per token per layer are the tensors megadrp's decoder saves for backward (counted, then checked
 against autograd's saved-tensor hooks, docs/BENCHMARKS.md): the two norms' inputs and outputs, q, k, v before
@@ -37,6 +38,9 @@ class ZeroSetup:
     offload_param: bool = False
     reduce_bucket: float = 5e8  # elements
     prefetch_bucket: float = 5e7
+    sub_group: float = 1e9  # stage 3: elements of the largest fp32 gradient buffer
+    max_live: float = 1e9  # stage 3: gathered parameter elements kept live (with the default reuse distance)
+    contiguous_gradients: bool = True
 
     @classmethod
     def from_ds_config(cls, ds: dict) -> "ZeroSetup":
@@ -51,7 +55,9 @@ class ZeroSetup:
 
         return cls(stage=int(zero.get("stage", 0)), offload_optimizer=on_cpu("offload_optimizer"),
                    offload_param=on_cpu("offload_param"), reduce_bucket=num("reduce_bucket_size", 5e8),
-                   prefetch_bucket=num("stage3_prefetch_bucket_size", 5e7))
+                   prefetch_bucket=num("stage3_prefetch_bucket_size", 5e7), sub_group=num("sub_group_size", 1e9),
+                   max_live=num("stage3_max_live_parameters", 1e9),
+                   contiguous_gradients=bool(zero.get("contiguous_gradients", True)))
 
 
 @dataclass
@@ -108,7 +114,9 @@ class Estimate:
 
 
 def estimate(run: RunShape, gpu_memory_gib: Optional[float] = None, mfu: float = 0.4,
-             peak_tflops: float = 989.0, reserve_gib: float = GPU_RESERVE_GIB) -> Estimate:
+             peak_tflops: float = 989.0, reserve_gib: float = GPU_RESERVE_GIB, device: str = "cuda") -> Estimate:
+    """The plan of ``run``. ``device="cpu"`` models a CPU run's resident memory instead: buffers allocated
+    but never written are not resident there, and the unfused AdamW step makes one fp32 temporary."""
     from megadrp.trainer.mfu import flops_per_token
 
     s, z, n = run.shape, run.zero, max(1, run.gpus)
@@ -121,7 +129,11 @@ def estimate(run: RunShape, gpu_memory_gib: Optional[float] = None, mfu: float =
     grads = p * w / part_grad
     master = p * 4 / part_opt if (w != 4 or z.stage >= 1) else 0.0
     adam = p * 8 / part_opt
-    fp32_grads = p * 4 / part_opt if w != 4 else 0.0  # the fp32 gradient partition (BF16_Optimizer too)
+    if z.stage >= 3:  # fp32 gradients of the partition: one buffer per sub-group under optimizer offload,
+        # else one buffer of the largest sub-group reused by each (whatever the training dtype)
+        fp32_grads = (p / n if z.offload_optimizer else min(p / n, z.sub_group)) * 4
+    else:  # the fp32 gradient partition of bf16/fp16 training (DeepSpeed's BF16_Optimizer at stage 0 too)
+        fp32_grads = p * 4 / part_opt if w != 4 else 0.0
     host = {"optimizer_offload": 0.0, "param_offload": 0.0}
     if z.offload_optimizer:
         host["optimizer_offload"] = (master + adam + fp32_grads) / GIB
@@ -146,13 +158,21 @@ def estimate(run: RunShape, gpu_memory_gib: Optional[float] = None, mfu: float =
         logits += tokens * s.vocab_size * (w + 4 + 4)  # the teacher's logits, fp32 copy, softmax
 
     # ZeRO working buffers: stage 3 gathers a layer (and prefetches the next) in the training dtype; the
-    # embedding and LM head are the largest single gathers. Gradients are reduced through a bucket.
+    # embedding and LM head are the largest single gathers. Stage 3 with contiguous gradients allocates its
+    # whole reduce bucket up front, even on one rank (5e8 elements by default: 1.9 GiB in fp32); stages 1-2
+    # reduce through one across ranks.
+    # Gathered parameters stay live up to stage3_max_live_parameters (the default reuse distance keeps them
+    # from forward to backward), at least the largest single tensor (embedding / LM head).
     buffers = 0.0
     if z.stage >= 3:
         largest = max(s.layer_params(), s.vocab_size * s.hidden_size)
-        buffers += (2 * largest + min(z.prefetch_bucket, s.layer_params())) * w
-    if z.stage >= 1 and n > 1:
+        buffers += (max(min(z.max_live, p), largest) + min(z.prefetch_bucket, p)) * w
+        if z.contiguous_gradients:
+            buffers += (z.reduce_bucket if device == "cuda" else min(z.reduce_bucket, p / n)) * w
+    elif z.stage >= 1 and n > 1:
         buffers += min(z.reduce_bucket, p) * w
+    if device != "cuda" and not z.offload_optimizer:
+        buffers += p * 4 / part_opt  # torch AdamW (foreach=False, unfused): sqrt(v) + eps as one temporary
 
     lines = {"weights": weights, "gradients": grads, "fp32_master": master, "adam": adam,
              "fp32_gradients": fp32_grads, "model_states": model_states, "masks_and_multipliers": masks,
@@ -161,7 +181,7 @@ def estimate(run: RunShape, gpu_memory_gib: Optional[float] = None, mfu: float =
     per_gpu = {k: v / GIB for k, v in lines.items()}
     per_gpu["total"] = total / GIB
     fits = None
-    if gpu_memory_gib is not None:
+    if gpu_memory_gib is not None and device == "cuda":
         per_gpu["reserve"] = reserve_gib + FRAGMENTATION * gpu_memory_gib
         per_gpu["total"] += per_gpu["reserve"]
         fits = per_gpu["total"] <= gpu_memory_gib
