@@ -3,6 +3,7 @@
 
     python tools/bench_loading.py --model .cache/models/smollm2-135m
     python tools/bench_loading.py --synthetic /tmp/synth      (writes a 4-shard bf16 llama of ~170M params)
+    python tools/bench_loading.py --consolidate RUN_DIR/checkpoints/step_N   (export's ZeRO consolidation)
 
 Two cases, each in a fresh process, peak RSS (getrusage) minus the RSS after imports, in GiB:
 ``read``: the source weights read and handed over tensor by tensor, as rank 0 does under ZeRO-3 (the model
@@ -52,6 +53,37 @@ def _measure(method: str, case: str, path: str) -> dict:
             "fp32_model_gib": round(shape.num_params() * 4 / 1024 ** 3, 3)}
 
 
+def _status_mib() -> dict:
+    with open("/proc/self/status") as fh:
+        return {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in fh)
+                if k in ("RssAnon", "RssFile")}
+
+
+def consolidation_peak(ckpt: str) -> dict:
+    """Peak anonymous and file-backed resident memory of megadrp.export's consolidation, sampled every 5 ms."""
+    import threading
+    import time
+
+    from megadrp.export.checkpoint import consolidate
+
+    base, peak, done = _status_mib(), _status_mib(), threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for k, v in _status_mib().items():
+                peak[k] = max(peak[k], v)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    sd = consolidate(Path(ckpt))
+    done.set()
+    thread.join()
+    unique = {t.data_ptr(): t.numel() for t in sd.values()}  # a tied LM head shares the embedding
+    return {"params": sum(unique.values()), "fp32_copy_mib": round(sum(unique.values()) * 4 / 2 ** 20),
+            **{f"{k}_peak_mib": round(peak[k] - base[k]) for k in base}}
+
+
 def write_synthetic(out: Path, shards: int = 4) -> Path:
     """A random bf16 llama (d 1024, 8 layers, m 4096, vocab 16000) in `shards` safetensors files + index."""
     import torch
@@ -83,10 +115,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="a Hugging Face folder")
     ap.add_argument("--synthetic", type=Path, help="write the synthetic multi-shard model here and measure it")
+    ap.add_argument("--consolidate", help="a checkpoint folder: peak memory of export's consolidation")
     ap.add_argument("--measure", nargs=3, metavar=("METHOD", "CASE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure:
         print(json.dumps(_measure(*args.measure)))
+        return 0
+    if args.consolidate:
+        print(json.dumps(consolidation_peak(args.consolidate)))
         return 0
     path = str(write_synthetic(args.synthetic)) if args.synthetic else args.model
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
