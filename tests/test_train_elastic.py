@@ -1,5 +1,6 @@
 """Elastic resume (megadrp/trainer/elastic.py): a ZeRO-3 prune run checkpointed on 1 rank continues on 2 gloo
-ranks with `--resume auto`, and that 2-rank run's checkpoint continues on 1 rank, each to the last step.
+ranks with `--resume auto`, and that 2-rank run's checkpoint continues on 1 rank, each to the last step; and
+`--init-from` a checkpoint of another world size starts from its trained weights.
 
 micro_batch_size x world size is kept at 4 (micro 4 on 1 rank, micro 2 on 2 ranks), so every run draws the same
 sequences and the 1-rank run from scratch is the reference: the resumed runs must match its losses (up to float
@@ -63,24 +64,59 @@ def _assert_continues(reference: Path, source: Path, resumed: Path, first_resume
     assert _sampler(resumed, 6)["step"] == _sampler(reference, 6)["step"]
 
 
-def test_resume_at_another_world_size_continues_to_the_last_step(tmp_path):
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """The 1-rank run from scratch: the reference, and the 1-rank checkpoints."""
+    tmp = tmp_path_factory.mktemp("elastic")
+    ws = make_workspace(tmp)
+    _run(tmp, ws, tmp / "one_rank", nproc=1)
+    return tmp, ws, tmp / "one_rank"
+
+
+def test_resume_at_another_world_size_continues_to_the_last_step(one_rank):
     from megadrp.trainer.elastic import saved_world_size
 
-    ws = make_workspace(tmp_path)
-    one = tmp_path / "one_rank"
-    _run(tmp_path, ws, one, nproc=1)  # the reference, and the 1-rank checkpoints
+    tmp, ws, one = one_rank
     assert saved_world_size(one / "checkpoints" / "step_2") == 1
 
-    up = tmp_path / "one_to_two"
+    up = tmp / "one_to_two"
     _fork(one, up, 2)
-    proc = _run(tmp_path, ws, up, 2, "--resume", "auto")
+    proc = _run(tmp, ws, up, 2, "--resume", "auto")
     assert "elastic resume" in proc.stdout and "written by 1 ranks, this run has 2" in proc.stdout
     assert (up / "checkpoints" / "step_2" / "universal" / "zero").is_dir()
     assert saved_world_size(up / "checkpoints" / "step_4") == 2
     _assert_continues(one, one, up, 3)
 
-    down = tmp_path / "two_to_one"
+    down = tmp / "two_to_one"
     _fork(up, down, 4)
-    proc = _run(tmp_path, ws, down, 1, "--resume", "auto")
+    proc = _run(tmp, ws, down, 1, "--resume", "auto")
     assert "written by 2 ranks, this run has 1" in proc.stdout
     _assert_continues(one, up, down, 5)
+
+
+def test_init_from_a_checkpoint_of_another_world_size_loads_its_trained_weights(one_rank):
+    """Weights only (cpt), 2 ranks from the 1-rank step_4: the first loss is the consolidated weights' loss on
+    the first batch, computed here without DeepSpeed."""
+    import torch
+    import torch.nn.functional as F
+
+    from megadrp.data import DomainMixtureSampler, load_domain_datasets
+    from megadrp.export.checkpoint import consolidate
+    from megadrp.model import MaskedCausalLM, read_shape
+
+    tmp, ws, one = one_rank
+    ckpt = one / "checkpoints" / "step_4"
+    run_dir = tmp / "init_from"
+    config = write_config(tmp, ws, run_dir, mode="cpt", optim=dict(STEPS, max_steps=1, micro_batch_size=2),
+                          checkpoint=CHECKPOINTS)
+    proc = launch(deepspeed_cmd(config, "--init-from", str(ckpt), nproc=2), run_env(tmp))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shape, family = read_shape(ws["model"])
+    model = MaskedCausalLM(shape, family, dtype=torch.float32)
+    model.load_state_dict(consolidate(ckpt), strict=False)  # a tied LM head comes back under both names
+    datasets = load_domain_datasets(ws["prefix"], ["prose", "code"], tokenizer=ws["model"])
+    tokens = DomainMixtureSampler(datasets, 32, 4, seed=1234).next_batch()["tokens"]
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+    want = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
+    assert read_metrics(run_dir)[0]["lm_loss"] == pytest.approx(want, rel=1e-5)

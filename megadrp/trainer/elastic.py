@@ -22,6 +22,12 @@ What carries over, and why nothing else is needed:
   draws masks and data from seeded generators, so no result depends on it).
 The global batch (micro x accumulation x world size) changes with M unless ``optim.global_batch_size`` is set,
 in which case the pre-flight check names the ``gradient_accumulation_steps`` that keeps it.
+
+``--init-from`` a checkpoint (weights only, any world size) goes through DeepSpeed's fp32 consolidation on
+rank 0 (one fp32 copy in host memory, docs/BENCHMARKS.md), copied in before ``initialize`` like source weights,
+so ZeRO's master copy starts from them. (The engine's module-only load it replaces restored other weights
+under ZeRO-3: on the tests' tiny model its first loss was 5.851 where the checkpoint's consolidated weights
+give 5.907.)
 """
 from __future__ import annotations
 
@@ -99,3 +105,11 @@ def prepare_resume(ckpt: Optional[Path], ds_config: dict, world_size: int) -> Op
         raise RuntimeError(error)
     ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return ckpt / UNIVERSAL
+
+
+def read_checkpoint_weights(ckpt, family) -> dict:
+    """{internal name: fp32 tensor} of a checkpoint's module, from every rank's shards (any world size).
+    The signature of engine.load_source_weights's ``read``; called on rank 0 only."""
+    from megadrp.export.checkpoint import consolidate
+
+    return consolidate(Path(ckpt))

@@ -43,8 +43,9 @@ def _read_source_weights(path: str, family):
     return family.hf_to_internal(open_hf_weights(path))
 
 
-def load_source_weights(model, path: str, family, ds_config: dict) -> None:
-    """Copy the HF folder's weights into the (possibly partitioned) model; checked on rank 0, error on all ranks."""
+def load_source_weights(model, path: str, family, ds_config: dict, read=None) -> None:
+    """Copy the HF folder's weights into the (possibly partitioned) model; checked on rank 0, error on all ranks.
+    ``read(path, family) -> {internal name: tensor}`` replaces the HF reader (e.g. a consolidated checkpoint)."""
     import deepspeed
 
     from megadrp.model.lazy_weights import shape_of
@@ -54,7 +55,7 @@ def load_source_weights(model, path: str, family, ds_config: dict) -> None:
     error = ""
     if dist.is_main():
         try:
-            state = _read_source_weights(path, family)
+            state = (read or _read_source_weights)(path, family)
             for name, p in model.named_parameters():
                 want = tuple(getattr(p, "ds_shape", p.shape))
                 if name not in state:
