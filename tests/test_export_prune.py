@@ -73,7 +73,7 @@ def test_exported_logits_equal_masked_logits(tmp_path, family, heads, kv_heads, 
     assert sum(p.numel() for p in hf.parameters()) == expected
     assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
     card = (out / "README.md").read_text()
-    assert "base_model" not in card or "tiny" not in card  # a local path is no Hub id
+    assert f"base_model: {src.name}" in card and str(tmp_path) not in card  # a folder name, never a local path
     assert f"{expected:,}" in card
 
 
