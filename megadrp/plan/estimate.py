@@ -106,6 +106,7 @@ class Estimate:
     flops_per_token: float
     time: dict = field(default_factory=dict)
     advice: list = field(default_factory=list)
+    device: str = "cuda"
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -200,7 +201,7 @@ def estimate(run: RunShape, gpu_memory_gib: Optional[float] = None, mfu: float =
                    gpu_memory_gib=gpu_memory_gib, fits=fits,
                    activations_without_checkpointing_gib=act_full / GIB,
                    activations_with_checkpointing_gib=act_ckpt / GIB, tokens_per_step=step_tokens,
-                   flops_per_token=fpt, time=time)
+                   flops_per_token=fpt, time=time, device=device)
     if fits is False:
         est.advice = advice(run, est)
     return est

@@ -28,11 +28,12 @@ def render(est: Estimate, run) -> str:
     offload = "+".join(k for k, on in (("optimizer", z.offload_optimizer), ("params", z.offload_param)) if on)
     out = [f"params: source {_count(p['source'])}, target {_count(p['target'])}, masks {p['masks']:,}"
            + (f", teacher {_count(p['teacher'])}" if p["teacher"] else ""),
-           f"setup: {est.gpus} GPUs, {run.precision}, ZeRO stage {z.stage}"
+           f"setup: {est.gpus} {'GPUs' if est.device == 'cuda' else 'CPU ranks'}, {run.precision}, "
+           f"ZeRO stage {z.stage}"
            + (f", offload {offload} to CPU" if offload else "")
            + f", micro {run.micro_batch} x seq {run.seq_length}, activation checkpointing "
            + ("on" if run.activation_checkpointing else "off"),
-           "per GPU (GiB):"]
+           f"per {'GPU' if est.device == 'cuda' else 'rank, resident'} (GiB):"]
     for key in _LINES:
         if key in g and (g[key] > 0 or key in ("model_states", "total")):
             indent = "    " if key in ("weights", "gradients", "fp32_master", "adam", "fp32_gradients") else "  "
@@ -90,7 +91,10 @@ def startup_check(cfg, plan, log=print, gpu_memory_gib=None) -> Estimate:
     memory = gpu_memory_gib
     if memory is None and torch.cuda.is_available():
         memory = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
-    est = estimate(run, memory, peak_tflops=cfg.logging.peak_tflops or 989.0)
+    device = "cuda" if memory is not None else "cpu"
+    # No time estimate on CPU unless logging.peak_tflops states a peak (the GPU default means nothing there).
+    peak = cfg.logging.peak_tflops or (989.0 if device == "cuda" else 0.0)
+    est = estimate(run, memory, peak_tflops=peak, device=device)
     log("memory plan (megadrp plan):\n" + render(est, run))
     if est.fits is False:
         raise ConfigError("deepspeed.config", cfg.deepspeed.config,
