@@ -101,7 +101,7 @@ def test_init_from_a_checkpoint_of_another_world_size_loads_its_trained_weights(
     import torch.nn.functional as F
 
     from megadrp.data import DomainMixtureSampler, load_domain_datasets
-    from megadrp.export.checkpoint import consolidate
+    from megadrp.export.consolidate import consolidate
     from megadrp.model import MaskedCausalLM, read_shape
 
     tmp, ws, one = one_rank

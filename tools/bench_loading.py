@@ -64,7 +64,7 @@ def consolidation_peak(ckpt: str) -> dict:
     import threading
     import time
 
-    from megadrp.export.checkpoint import consolidate
+    from megadrp.export.consolidate import consolidate
 
     base, peak, done = _status_mib(), _status_mib(), threading.Event()
 

@@ -71,11 +71,10 @@ def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Option
     """The RunShape of ``cfg`` on ``gpus`` data-parallel ranks (precision resolved for GPUs unless given)."""
     from megadrp.config import check_deepspeed_json, resolve_precision
     from megadrp.plan.estimate import RunShape, ZeroSetup
-    from megadrp.trainer.build import _ds_json_path
 
     precision = precision or resolve_precision(cfg.deepspeed.precision, "cuda")
     if ds_config is None:
-        ds_config = check_deepspeed_json(_ds_json_path(cfg.deepspeed.config), cfg.optim, precision, gpus)
+        ds_config = check_deepspeed_json(cfg.deepspeed.config, cfg.optim, precision, gpus)
     shape = shape_of(cfg.model.path)
     target, mask_params = None, 0
     if cfg.mode in ("prune", "dress"):

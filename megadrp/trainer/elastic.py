@@ -110,6 +110,6 @@ def prepare_resume(ckpt: Optional[Path], ds_config: dict, world_size: int) -> Op
 def read_checkpoint_weights(ckpt, family) -> dict:
     """{internal name: fp32 tensor} of a checkpoint's module, from every rank's shards (any world size).
     The signature of engine.load_source_weights's ``read``; called on rank 0 only."""
-    from megadrp.export.checkpoint import consolidate
+    from megadrp.export.consolidate import consolidate
 
     return consolidate(Path(ckpt))
