@@ -182,10 +182,16 @@ def _deepspeed_safe_globals() -> list:
     return [ZeroStageEnum, OffloadDeviceEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
+def deepspeed_files(folder) -> list:
+    """Relative names of every ``*.pt`` file under a checkpoint folder, sorted."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*.pt"))
+
+
 def check_deepspeed_files(folder, names: Optional[list] = None) -> None:
-    """Refuse a checkpoint whose DeepSpeed ``*.pt`` files (``names``, default all) would run code on load."""
+    """Refuse a checkpoint whose DeepSpeed ``*.pt`` files (``names``, relative; default all, ``universal/``'s
+    too: DeepSpeed loads those unrestricted as well) would run code on load."""
     allowed = _deepspeed_safe_globals()
-    for name in sorted(p.name for p in Path(folder).glob("*.pt")) if names is None else names:
+    for name in deepspeed_files(folder) if names is None else names:
         path = Path(folder) / name
         if name == LEGACY_STATE:
             continue

@@ -6,9 +6,9 @@
     megadrp prune --config configs/X.yaml --nproc 2       (starts the deepspeed launcher, or runs in-process for 1)
 
 Order of work: parse, load + validate the config, pre-flight checks (DeepSpeed JSON vs config and world size,
-target vs source, data and tokenizer; where the run starts: no fresh run over an earlier run's checkpoints, a
-resume's config, domains and world size against its checkpoint's) -- all before any process group or model
-exists -- then the run_dir lock (global rank 0), then train.
+target vs source, data and tokenizer, the memory plan: megadrp/plan/; where the run starts: no fresh run over an
+earlier run's checkpoints, a resume's config and domains against its checkpoint's) -- all before any process
+group or model exists -- then the run_dir lock (global rank 0), then train.
 Exit codes: 0 done, 2 configuration / input / run_dir error (nothing trained), 3 training diverged
 (NaN/inf loss), 4 a checkpoint could not be written (the message says why; the previous one is intact).
 """
@@ -74,6 +74,10 @@ def run(argv: list[str], mode: str | None = None) -> int:
         from megadrp.trainer.resume_check import check_start
 
         plan = preflight(cfg)
+        from megadrp.plan.report import startup_check
+
+        # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
+        startup_check(cfg, plan, log=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
         check_start(cfg, plan, args.overwrite, args.allow_config_change,
                     note=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
     except (ConfigError, FileNotFoundError, ValueError) as err:

@@ -158,7 +158,7 @@ def test_a_second_trainer_into_a_locked_run_dir_refuses(base):
         RunLock(run).acquire()
 
 
-def test_resume_refuses_config_changes_world_size_and_reordered_domains(base):
+def test_resume_refuses_config_changes_a_changed_global_batch_and_reordered_domains(base):
     from megadrp.config import load_config
     from megadrp.trainer.resume_check import StartError, check_resume
 
@@ -172,12 +172,18 @@ def test_resume_refuses_config_changes_world_size_and_reordered_domains(base):
     cfg = load_config(str(config), ["optim.seed=7", "optim.micro_batch_size=1"])
     with pytest.raises(StartError) as err:
         check_resume(state, ckpt, cfg, 1, allow_change=False)
-    assert "optim.micro_batch_size: 2 -> 1" in str(err.value) and "optim.seed: 1234 -> 7" in str(err.value)
+    assert "optim.seed: 1234 -> 7" in str(err.value)
+    assert "global batch (micro_batch_size x gradient_accumulation_steps x world size): 2 -> 1" in str(err.value)
     notes = []
     check_resume(state, ckpt, cfg, 1, allow_change=True, note=notes.append)
     assert "optim.seed" in notes[0]
-    with pytest.raises(StartError, match="was written by 1: .*Relaunch with 1 ranks"):
-        check_resume(state, ckpt, load_config(str(config)), 2, allow_change=True)
+    # Another world size keeping the global batch (micro 2 on 1 rank -> micro 1 on 2): an elastic resume, accepted.
+    notes = []
+    check_resume(state, ckpt, load_config(str(config), ["optim.micro_batch_size=1"]), 2, allow_change=False,
+                 note=notes.append)
+    assert "world size: 1 -> 2 (elastic resume)" in notes[-1] and "optim.micro_batch_size" in notes[-1]
+    with pytest.raises(StartError, match=r"global batch .*: 2 -> 4"):  # 2 ranks at micro 2: twice the batch
+        check_resume(state, ckpt, load_config(str(config)), 2, allow_change=False)
     swapped = load_config(str(config), ["data.domains=[code,prose]"])
     with pytest.raises(StartError, match=r"reorders the domains .*\['prose', 'code'\]"):
         check_resume(state, ckpt, swapped, 1, allow_change=True)

@@ -132,7 +132,7 @@ def verify(path: Path) -> list:
     else:
         mine += run_format.verify_manifest(path, _share(sorted(files)))
     try:
-        run_format.check_deepspeed_files(path, _share(sorted(p.name for p in path.glob("*.pt"))))
+        run_format.check_deepspeed_files(path, _share(run_format.deepspeed_files(path)))
     except run_format.RunFormatError as err:
         mine.append(str(err))
     return [p for part in dist.all_gather_object(mine) for p in part]

@@ -4,10 +4,12 @@ Run before any process group or engine exists (megadrp/train.py), from the check
 - a fresh run (no --resume) into a run_dir that holds checkpoints is refused (`--resume auto` continues it, a new
   run_dir starts another; `--overwrite` deletes them and starts afresh);
 - a resume compares the resolved config with the checkpoint's and refuses changes that alter what the run
-  means: the model, the pruning target, the batch arithmetic, the seed, the DRO method (all listed, with
-  old -> new; `--allow-config-change` accepts them); other changes (lr, intervals, ...) are listed and accepted;
+  means: the model, the pruning target, seq_length, the global batch (micro x accumulation x world size: a
+  resume at another world size, megadrp.trainer.elastic, keeps it by adjusting micro or accumulation), the seed,
+  the DRO method (all listed, with old -> new; `--allow-config-change` accepts them); other changes (lr,
+  intervals, micro batch at the same global batch, ...) are listed and accepted;
 - the domains of a resume must be the checkpoint's, in its order (per-domain weights, sampler cursors and DRO
-  state are positional), and its world size the checkpoint's (ZeRO-3 shards are per rank);
+  state are positional);
 - a fresh start needs the source model's weights, not only its config.json.
 """
 from __future__ import annotations
@@ -25,8 +27,7 @@ class StartError(ValueError):
 
 
 # Dotted config prefixes whose change alters the meaning of a resumed run (issue 17).
-GUARDED = ("mode", "model.path", "model.family", "pruning.target", "data.seq_length", "optim.micro_batch_size",
-           "optim.gradient_accumulation_steps", "optim.global_batch_size", "optim.seed", "dro.method")
+GUARDED = ("mode", "model.path", "model.family", "pruning.target", "data.seq_length", "optim.seed", "dro.method")
 IGNORED = ("checkpoint.resume", "checkpoint.init_from", "run_dir")  # where the run comes from / goes to
 
 
@@ -80,13 +81,17 @@ def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bo
                          f"per-domain weights, sampler cursors and DRO state are kept by position, so a resume must "
                          f"list exactly "
                          f"{saved_domains}. For other domains start a new run_dir with --init-from {path}")
-    saved_world = state.get("world_size") or len(state.get("rng") or []) or None
-    if saved_world and saved_world != world_size:
-        raise StartError(f"this job has {world_size} ranks, checkpoint {path} was written by {saved_world}: its ZeRO-3 "
-                         f"optimizer shards are per rank. Relaunch with {saved_world} ranks (e.g. --nproc "
-                         f"{saved_world} or --num_gpus {saved_world}); megadrp cannot yet reshard a checkpoint to "
-                         f"another world size")
     guarded, other = config_changes(saved, to_dict(cfg))
+    saved_world = state.get("world_size") or len(state.get("rng") or []) or None
+    if saved_world:
+        opt = saved.get("optim") or {}
+        before = int(opt.get("micro_batch_size", 0)) * int(opt.get("gradient_accumulation_steps", 0)) * saved_world
+        after = cfg.optim.micro_batch_size * cfg.optim.gradient_accumulation_steps * world_size
+        if before and before != after:
+            guarded.append(f"global batch (micro_batch_size x gradient_accumulation_steps x world size): "
+                           f"{before} -> {after}")
+        if saved_world != world_size:
+            other.append(f"world size: {saved_world} -> {world_size} (elastic resume)")
     if guarded and not allow_change:
         raise StartError(f"this run's config differs from checkpoint {path} in settings that change what the run "
                          f"means: {'; '.join(guarded)}. Resume with the checkpoint's values, start a new run_dir, or "
