@@ -41,9 +41,9 @@ def _run(tmp: Path, ws: dict, run_dir: Path, nproc: int, *extra: str):
 
 
 def _sampler(run_dir: Path, step: int) -> dict:
-    import torch
+    from megadrp import run_format
 
-    return torch.load(run_dir / "checkpoints" / f"step_{step}" / "megadrp_state.pt", weights_only=False)["sampler"]
+    return run_format.read_state(run_dir / "checkpoints" / f"step_{step}")["sampler"]
 
 
 def _assert_continues(reference: Path, source: Path, resumed: Path, first_resumed_step: int) -> None:
