@@ -67,12 +67,15 @@ def test_eval_refuses_a_corpus_missing_a_manifest_domain(tmp_path):
 def test_model_folder_errors_name_the_file(tmp_path):
     from megadrp.model import read_shape
     from megadrp.model.hf_io import read_hf_state_dict
+    from megadrp.model.lazy_weights import open_hf_weights
 
     model = make_tiny_hf_model(tmp_path, "llama", with_tokenizer=False, num_hidden_layers=1)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"model.safetensors cannot be read .*truncated or damaged"):
         read_hf_state_dict(model)
+    with pytest.raises(ValueError, match=r"model.safetensors cannot be read .*truncated or damaged"):
+        open_hf_weights(model)  # the trainer's one-tensor-at-a-time source load
     (model / "config.json").write_text('{"model_type": "llama", ')
     with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
         read_shape(model)

@@ -18,6 +18,17 @@ from typing import Dict, Iterator, Tuple
 import torch
 
 
+def _safe_open(path: Path):
+    """``safetensors.safe_open`` whose failure (a truncated or damaged shard) names the file and the fix."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} cannot be read ({err}): the weights file is truncated or damaged; download or "
+                         f"copy it again") from None
+
+
 class LazyHFWeights(Mapping):
     """Read-only ``{hf_key: tensor}`` over safetensors files; each access reads that tensor (a fresh CPU copy)."""
 
@@ -27,11 +38,9 @@ class LazyHFWeights(Mapping):
     def _open(self, key: str):
         # A handle per access: a cached one would keep every touched page of the shard mapped (resident),
         # so the process would end up holding the whole file anyway. Opening reads only the JSON header.
-        from safetensors import safe_open
-
         if key not in self._file:
             raise KeyError(key)
-        return safe_open(str(self._file[key]), framework="pt", device="cpu")
+        return _safe_open(self._file[key])
 
     def __getitem__(self, key: str) -> torch.Tensor:
         with self._open(key) as fh:
@@ -83,9 +92,7 @@ def _safetensors_files(p: Path) -> Dict[str, Path]:
     index = p / "model.safetensors.index.json"
     if index.exists():
         return {k: p / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    from safetensors import safe_open
-
-    with safe_open(str(p / "model.safetensors"), framework="pt", device="cpu") as fh:
+    with _safe_open(p / "model.safetensors") as fh:
         return {k: p / "model.safetensors" for k in fh.keys()}
 
 
