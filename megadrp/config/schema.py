@@ -48,11 +48,15 @@ class ModelConfig:
     path: str = opt("", "Source model: a Hugging Face folder (config.json + safetensors or .bin) to prune or train.")
     family: str = opt("auto", "Model family; 'auto' reads it from the folder's config.json model_type.",
                       choices=("auto", "llama", "mistral", "qwen2"))
-    attn_backend: str = opt("auto", "Attention core: 'auto' (flash-attn if installed on CUDA, else SDPA), 'sdpa', "
-                            "'flash', or 'eager' (reference math).", choices=("auto", "sdpa", "flash", "eager"))
+    attn_backend: str = opt("auto", "Attention core: 'auto' or 'sdpa' (torch's scaled_dot_product_attention, which "
+                            "runs its FlashAttention-2 kernel on CUDA), or 'eager' (reference math). There is no "
+                            "separate flash-attn backend (docs/TRAINING.md, Speed).", choices=("auto", "sdpa", "eager"))
     use_kernels: str = opt("auto", "Masked ops: 'auto' (Triton on CUDA, PyTorch reference elsewhere), 'triton', "
                            "'torch'.", choices=("auto", "triton", "torch"))
     activation_checkpointing: bool = opt(False, "Recompute each decoder layer in backward to save activation memory.")
+    fused_cross_entropy: bool = opt(
+        True, "Compute the LM head and the per-token CE together, chunk by chunk of tokens, never materialising the "
+        "[tokens, vocab] fp32 logits (megadrp/kernels/cross_entropy.py); off computes the logits, then the CE.")
 
     def check(self, prefix: str = "model"):
         pass
@@ -173,14 +177,17 @@ class OptimConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    config: str = opt("ds_configs/zero3_bf16.json", "DeepSpeed JSON; checked against optim.* and precision.")
-    precision: str = opt("auto", "'auto' (bf16 on GPUs, fp32 on CPU), 'bf16', 'fp16' or 'fp32'; "
-                         "must agree with the JSON.",
+    config: str = opt("ds_configs/auto.json", "DeepSpeed JSON; checked against optim.* and precision. A "
+                      "zero_optimization.stage of \"auto\" (ds_configs/auto.json) picks the lowest of stages 1-3 "
+                      "whose model states fit one device (megadrp/trainer/zero_stage.py); a number pins it.")
+    precision: str = opt("auto", "'auto' (bf16 on GPUs; on CPU bf16 autocast over fp32 weights where a start-up "
+                         "matmul probe finds bf16 faster, else fp32), 'bf16' (on CPU: autocast over fp32 weights), "
+                         "'fp16' or 'fp32'; the weights' dtype must agree with the JSON.",
                          choices=("auto", "bf16", "fp16", "fp32"))
 
     def check(self, prefix: str = "deepspeed"):
         if not self.config:
-            raise ConfigError(f"{prefix}.config", self.config, "give a DeepSpeed JSON, e.g. ds_configs/zero3_bf16.json")
+            raise ConfigError(f"{prefix}.config", self.config, "give a DeepSpeed JSON, e.g. ds_configs/auto.json")
 
 
 @dataclass

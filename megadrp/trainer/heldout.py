@@ -66,9 +66,8 @@ class HeldoutEval:
             for i in range(0, d["tokens"].shape[0], self.micro):
                 tokens = d["tokens"][i:i + self.micro].to(device)
                 w = d["weights"][i:i + self.micro]
-                logits = engine(tokens[:, :-1], masks)
-                tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                           reduction="none").view(tokens.shape[0], -1)
+                # fp32 per-token losses from the fused LM head + CE: no [B, T, V] logits (no_grad: no gradients)
+                tok_loss = engine(tokens[:, :-1], masks, targets=tokens[:, 1:])
                 sums[0] += (tok_loss.sum(1).double().cpu() * w).sum()
                 sums[1] += (w * tok_loss.shape[1]).sum()
             sums = dist.all_reduce_sum(sums)

@@ -13,12 +13,13 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from megadrp.config import save_config, to_dict
+from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.trainer import checkpoint, dist, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
+from megadrp.trainer import precision as precision_mod
 from megadrp.trainer.build import Plan
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
 from megadrp.trainer.modes import get_mode
@@ -57,6 +58,7 @@ class Trainer:
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
+        self.precision = precision_mod.resolve_on_ranks(cfg.deepspeed.precision, self.device.type)
         self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
@@ -144,9 +146,8 @@ class Trainer:
         for micro in range(cfg.optim.gradient_accumulation_steps):
             batch = self.sampler.next_batch()
             tokens = batch["tokens"].to(self.device)
-            logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
-            tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                       reduction="none").view(tokens.shape[0], -1)
+            with self.precision.context(self.device.type):
+                tok_loss = self._token_losses(tokens, self.mode.train_masks(step, micro))
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
             for name, term in self.mode.loss_terms(step, micro).items():
@@ -178,6 +179,13 @@ class Trainer:
                 "domain_loss": {d: float(m) for d, m, p in zip(cfg.data.domains, means, present) if p},
                 "tokens": int(count.sum().item())}
 
+    def _token_losses(self, tokens: torch.Tensor, masks) -> torch.Tensor:
+        """fp32 per-token CE [B, T-1] of one forward: fused with the LM head (no [B, T, V] logits) unless
+        model.fused_cross_entropy is off; a term that reads the logits (distillation) uses the second form."""
+        if self.cfg.model.fused_cross_entropy:
+            return self.engine(tokens[:, :-1], masks, targets=tokens[:, 1:])
+        return token_cross_entropy(self.engine(tokens[:, :-1], masks), tokens[:, 1:])
+
     # ---- the run --------------------------------------------------------------------------------------
     def train(self) -> int:
         cfg = self.cfg
@@ -186,7 +194,8 @@ class Trainer:
             self.wandb.finish()
             return 0
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {dist.world_size()}, "
-             f"{self.plan.precision}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}")
+             f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}"
+             + (f" ({self.plan.zero_reason})" if self.plan.zero_reason else ""))
         # tokens/s over the training steps only: evaluation, checkpoints and logging are not in the window.
         window_tokens, window_time = 0, 0.0
         try:
