@@ -13,7 +13,6 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from megadrp.trainer import dist
 
