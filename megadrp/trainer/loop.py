@@ -58,7 +58,9 @@ class Trainer:
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
-        self.precision = precision_mod.resolve_on_ranks(cfg.deepspeed.precision, self.device.type)
+        probe = precision_mod.probe_shape(cfg.optim.micro_batch_size * cfg.data.seq_length, self.shape.hidden_size,
+                                          self.shape.intermediate_size)
+        self.precision = precision_mod.resolve_on_ranks(cfg.deepspeed.precision, self.device.type, probe)
         self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
