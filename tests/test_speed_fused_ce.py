@@ -75,3 +75,14 @@ def test_model_targets_forward_equals_logits_then_ce_with_tied_embeddings():
         assert _rel(g_fused[n], p.grad) < 1e-5, n
     with torch.no_grad():  # evaluation: no gradient work, same losses
         assert torch.allclose(model(tokens[:, :-1], masks, targets=tokens[:, 1:]), plain, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_ce_on_cuda_bf16_matches_fp32_reference():
+    h, w, t = _pair(torch.float32, n=(4, 512), d=256, v=32000)
+    ref = _grads(lambda h, w, t: token_cross_entropy(F.linear(h, w), t), h, w, t)
+    hc, wc = h.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_()
+    fused = _grads(lambda h, w, t: linear_cross_entropy(h, w, t, chunk=300), hc, wc, t.cuda())
+    for a, b in zip(fused, ref):
+        assert _rel(a.cpu(), b) < 2e-2
