@@ -51,21 +51,24 @@ def test_a_number_in_the_json_pins_the_stage_and_offload_keeps_stage_3():
     assert not [k for k in auto["zero_optimization"] if k.startswith("stage3_")]
 
 
-def test_two_rank_run_under_the_auto_stage_trains_and_exports(tmp_path):
-    """ds_configs/auto.json on 2 gloo ranks: the tiny model's states fit, so stage 1; the start-up line says so,
-    every step runs, and the stage-1 checkpoint consolidates for export."""
+def test_two_rank_dress_run_under_the_auto_stage_shrinks_and_exports(tmp_path):
+    """ds_configs/auto.json on 2 gloo ranks: the tiny model's states fit, so stage 1, and the start-up line says
+    so. DReSS's proximal shrink must reach ZeRO-1's fp32 master fragments (edited on the module's weights only,
+    the next step would overwrite it and the norms would not fall); the stage-1 checkpoint consolidates."""
     from megadrp.export.checkpoint import load_checkpoint_for_export
 
     ws = make_workspace(tmp_path)
     run_dir = tmp_path / "auto_stage"
-    config = write_config(tmp_path, ws, run_dir, deepspeed={"config": str(REPO / "ds_configs" / "auto.json"),
-                                                            "precision": "auto"},
-                          optim={"max_steps": 6, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
-                                 "lr": 1e-3}, checkpoint={"save_interval": 6, "keep_last": 1})
-    proc = launch(deepspeed_cmd(config), run_env(tmp_path))
+    config = write_config(tmp_path, ws, run_dir, mode="dress",
+                          deepspeed={"config": str(REPO / "ds_configs" / "auto.json"), "precision": "auto"},
+                          optim={"max_steps": 6, "gradient_accumulation_steps": 1},
+                          checkpoint={"save_interval": 6, "keep_last": 1},
+                          dress={"apply": "proximal", "penalty_init": 0.05, "penalty_final": 1.0,
+                                 "regularize_steps": 6, "calibration_batches": 2})
+    proc = launch(deepspeed_cmd(config, "mode=dress"), run_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert "ZeRO stage 1 (auto: model states" in proc.stdout
-    recs = read_metrics(run_dir)
-    assert [r["step"] for r in recs] == list(range(1, 7))
+    norms = [r["dress_norm_all"] for r in read_metrics(run_dir)]
+    assert len(norms) == 6 and norms[-1] < 0.6 * norms[0], norms
     sd, state = load_checkpoint_for_export(run_dir)
     assert state["step"] == 6 and "lm_head.weight" in sd

@@ -87,8 +87,8 @@ class DressRegularizer:
             return
         keep = 1.0 - min(self.coefficient(step), 1.0)
         for p, s in self._targets:
-            # ZeRO-3 partitions (ds_id); ZeRO-1/2 and DeepSpeed's bf16 optimizer keep a linked master (_hp_mapping)
-            if hasattr(p, "ds_id") or getattr(p, "_hp_mapping", None) is not None:
+            # ZeRO-3 partitions (ds_id); ZeRO-1/2 link a master fragment (_hp_mapping, on every rank: a collective)
+            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
                 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
                 full = safe_get_full_fp32_param(p)
