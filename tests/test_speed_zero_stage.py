@@ -53,8 +53,9 @@ def test_a_number_in_the_json_pins_the_stage_and_offload_keeps_stage_3():
 
 def test_two_rank_dress_run_under_the_auto_stage_shrinks_and_exports(tmp_path):
     """ds_configs/auto.json on 2 gloo ranks: the tiny model's states fit, so stage 1, and the start-up line says
-    so. DReSS's proximal shrink must reach ZeRO-1's fp32 master fragments (edited on the module's weights only,
-    the next step would overwrite it and the norms would not fall); the stage-1 checkpoint consolidates."""
+    so. DReSS's proximal shrink must reach ZeRO-1's fp32 master fragments: edited on the module's weights only,
+    each step would restore the unshrunk master and the checkpoint (consolidated from the master) would hold
+    no zeroed slice."""
     from megadrp.export.checkpoint import load_checkpoint_for_export
 
     ws = make_workspace(tmp_path)
@@ -70,5 +71,7 @@ def test_two_rank_dress_run_under_the_auto_stage_shrinks_and_exports(tmp_path):
     assert "ZeRO stage 1 (auto: model states" in proc.stdout
     norms = [r["dress_norm_all"] for r in read_metrics(run_dir)]
     assert len(norms) == 6 and norms[-1] < 0.6 * norms[0], norms
-    sd, state = load_checkpoint_for_export(run_dir)
+    sd, state = load_checkpoint_for_export(run_dir)  # consolidated from the fp32 master fragments
     assert state["step"] == 6 and "lm_head.weight" in sd
+    # the last shrink (coefficient 1) zeroed the selected hidden dims (64 -> 48) in the master copy itself
+    assert int((sd["embed_tokens.weight"].abs().sum(0) == 0).sum()) == 64 - 48

@@ -5,8 +5,8 @@ For large vocabularies the fp32 logits are the largest tensor of a step (8k toke
 much again for their gradient). ``linear_cross_entropy(hidden, weight, targets)`` never materialises them: it
 walks the tokens in chunks, computes each chunk's logits (in the matmul dtype), its log-sum-exp in fp32, the
 per-token losses, and right away the chunk's gradients with respect to the hidden states and the LM-head
-weight, then drops the chunk. Peak extra memory is one chunk of logits plus a weight-sized fp32 gradient
-accumulator, instead of several [N, V] tensors (docs/BENCHMARKS.md, "Fused linear + cross-entropy").
+weight, then drops the chunk. Peak extra memory is one chunk of logits (at most the weight's size, see
+chunk_tokens) plus a weight-sized fp32 gradient accumulator, instead of several [N, V] tensors (docs/BENCHMARKS.md, "Fused linear + cross-entropy").
 
 The gradients are computed in the forward for a *uniform* weighting of the per-token losses (the mean, or the
 sum, times any scalar: what the training loss uses); backward scales them by that weight. A non-uniform
@@ -21,8 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Logits elements per chunk: 2^25 fp32 values = 128 MiB (256 tokens of a 128k vocabulary), small next to the
-# weight-sized gradient, large enough that each chunk's matmuls are efficient.
+# Logits elements per chunk, at least: 2^25 fp32 values = 128 MiB (256 tokens of a 128k vocabulary).
 CHUNK_ELEMENTS = 2 ** 25
 
 
@@ -32,8 +31,11 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
                            reduction="none").view(targets.shape)
 
 
-def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
-    return max(1, chunk_elements // vocab_size)
+def chunk_tokens(vocab_size: int, hidden_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk: a chunk's logits as large as the [V, d] fp32 weight-gradient accumulator (which exists
+    anyway) or CHUNK_ELEMENTS, whichever is larger. Each chunk adds into that accumulator once, so larger
+    chunks mean fewer passes over it (N / d of them) at a peak of about twice its size."""
+    return max(1, chunk_elements // vocab_size, hidden_size)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -90,10 +92,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     hidden [..., d], weight [V, d] (the LM head), targets [...] (token ids) -> losses with the targets' shape.
     Differentiable for a uniform weighting of the losses (``losses.mean()`` or ``.sum()``); see the module
-    docstring. ``chunk`` is the tokens per chunk (default: CHUNK_ELEMENTS // V).
+    docstring. ``chunk`` is the tokens per chunk (default: :func:`chunk_tokens`).
     """
     if hidden.shape[:-1] != targets.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree on the tokens")
     flat = hidden.reshape(-1, hidden.shape[-1])
-    losses = _LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), chunk or chunk_tokens(weight.shape[0]))
+    losses = _LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), chunk or chunk_tokens(*weight.shape))
     return losses.view(targets.shape)
