@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU rows of docs/BENCHMARKS.md (issue "speed") in one run of a few minutes on one H100/H200:
-#   1. SmolLM2-135M prune vs dense step, MFU: plain torch, and DeepSpeed under ZeRO stage "auto" (stage 1 here)
+#   1. SmolLM2-135M prune vs dense step, MFU: plain torch (fused and unfused CE), and DeepSpeed under ZeRO stage
+#      "auto" (stage 1 here)
 #   2. 0.94B LLaMA shape prune vs dense, MFU: plain torch, DeepSpeed ZeRO-3 and ZeRO "auto" at world size 1
 #   3. fused linear + CE against logits-then-CE: peak memory and time, 8k tokens x 128k vocab (Llama-3-1B head)
 #   4. the GPU parity tests of the kernels and of the fused CE (pytest -m gpu)
@@ -53,6 +54,8 @@ fi
 # 1. SmolLM2-135M: 8 x 2048 tokens per step, tied 49k-vocab head
 row smollm2_torch 150 $PY "${BENCH[@]}" --shape $SMALL --seq $SEQ --micro-batch 8 --no-deepspeed \
   --out "$OUT/smollm2_torch.json"
+row smollm2_torch_unfused_ce 150 $PY "${BENCH[@]}" --shape $SMALL --seq $SEQ --micro-batch 8 --no-deepspeed \
+  --unfused-ce --out "$OUT/smollm2_torch_unfused_ce.json"
 if [ $HAVE_DS = 1 ]; then
   row smollm2_zero_auto 150 $PY "${BENCH[@]}" --shape $SMALL --seq $SEQ --micro-batch 8 --zero-stage auto \
     --out "$OUT/smollm2_zero_auto.json"

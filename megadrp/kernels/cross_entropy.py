@@ -5,8 +5,9 @@ For large vocabularies the fp32 logits are the largest tensor of a step (8k toke
 much again for their gradient). ``linear_cross_entropy(hidden, weight, targets)`` never materialises them: it
 walks the tokens in chunks, computes each chunk's logits (in the matmul dtype), its log-sum-exp in fp32, the
 per-token losses, and right away the chunk's gradients with respect to the hidden states and the LM-head
-weight, then drops the chunk. Peak extra memory is one chunk of logits (at most the weight's size, see
-chunk_tokens) plus a weight-sized fp32 gradient accumulator, instead of several [N, V] tensors (docs/BENCHMARKS.md, "Fused linear + cross-entropy").
+weight, then drops the chunk. Peak extra memory is one chunk of logits (about the weight's size, see
+chunk_tokens) plus a weight-sized fp32 gradient accumulator, instead of several [N, V] tensors
+(docs/BENCHMARKS.md, "Fused linear + cross-entropy").
 
 The gradients are computed in the forward for a *uniform* weighting of the per-token losses (the mean, or the
 sum, times any scalar: what the training loss uses); backward scales them by that weight. A non-uniform
