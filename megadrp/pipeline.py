@@ -150,6 +150,8 @@ def evaluate(models: dict[str, str], corpus: str, out_json: str, seq_length: int
                       "--markdown", os.path.splitext(out_json)[0] + ".md")
         if device:
             cmd += ["--device", device]
+        if any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values()):
+            cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
         # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
         run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
     with open(out_json, encoding="utf-8") as fh:

@@ -105,6 +105,7 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
             assert r["bits_per_byte"] > 0
     assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
     assert "| source | pruned |" in (run_dir / "eval.md").read_text()
+    assert "| **average** |" in (run_dir / "export" / "README.md").read_text()  # eval --update-card
     # 5: the report: a summary and the plots
     report = run_dir / "report"
     assert (report / "summary.md").read_text().strip()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 
-from megadrp.export.card import base_model_id, build_model_card, source_license
+from megadrp.export.card import build_model_card
 from megadrp.export.checkpoint import load_checkpoint_for_export
+from megadrp.export.provenance import base_model_id, license_files, source_hub_id, source_license
 from megadrp.export.prune import ExportError, kept_counts, prune_state_dict
 from megadrp.export.writer import (
     AtomicFolder,
@@ -129,18 +131,24 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
                 source_shape=source_shape.to_dict(), achieved_shape=achieved.to_dict(),
                 target_shape=expected_shape(source_shape, target) if target is not None else None,
                 num_params=_num_params(hf_sd), source_num_params=source_shape.num_params(),
+                non_embedding_params=achieved.num_params(include_embeddings=False),
+                source_non_embedding_params=source_shape.num_params(include_embeddings=False),
                 tie_word_embeddings=achieved.tie_word_embeddings, source_tied=source_shape.tie_word_embeddings,
                 name=info.get("name") or Path(out_dir).name)
-    info.setdefault("source", source_model_dir)
-    info.setdefault("base_model", base_model_id(source_model_dir))
-    info.setdefault("license", source_license(source_model_dir))
+    # The source folder, else the checkpoint's copy of its card and license (the source may be gone by now).
+    known = next((d for d in (source_model_dir, tokenizer_src) if d and Path(d).is_dir()), None)
+    info.setdefault("base_model", source_hub_id(known) or base_model_id(source_model_dir or known))
+    info.setdefault("base_model_is_hub_id", source_hub_id(known) is not None)
+    info.setdefault("license", source_license(known))
     with AtomicFolder(out_dir) as tmp:
         config = hf_config(achieved, family_name, dtype)
         config.save_pretrained(tmp)
         save_weights(hf_sd, tmp, dtype, max_shard_size, progress=progress)
         if copy_tokenizer([tokenizer_src, source_model_dir], tmp) is None:
             log.warning("no tokenizer files in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
-        save_generation_config(config, Path(source_model_dir) if source_model_dir else None, tmp)
+        save_generation_config(config, tmp)
+        for f in license_files(known):
+            shutil.copy2(f, tmp / f.name)
         build_model_card(info).save(tmp / "README.md")
         (tmp / "megadrp_export.json").write_text(json.dumps(
             {k: info[k] for k in ("family", "source_shape", "achieved_shape", "target_shape", "num_params",

@@ -12,8 +12,10 @@ Where each mask goes (METHOD.md section 1; x is the residual stream, which carri
 - z_hidden: the embedding columns and every RMSNorm weight. The masked RMSNorm takes its variance over
   kept dims only; once pruned dims are sliced away a plain RMSNorm over d' computes the same variance,
   and its output times z_hidden is a norm whose weight is w * z_hidden.
-- The LM head is unmasked in the masked model: it is sliced, never scaled. Hence a tied source whose
-  embedding columns get scaled must be untied (see ``tied``).
+- The LM head is unmasked in the masked model: it is sliced, never scaled, and reads ln_f(x) * z_hidden.
+  A *tied* source keeps one matrix E for both ends, so the final norm's z_hidden moves into E instead:
+  logits = (E * z) (n * w_f) = E (n * w_f * z), and the input side needs E * z anyway. The final norm is
+  then sliced but not scaled, the export stays tied, and z_hidden still enters the logits exactly once.
 Input projections (q, k, v, gate, up, lm_head) read only normed, already z_hidden-scaled activations,
 so their hidden columns are sliced but not scaled: scaling them too would fold z_hidden twice.
 """
@@ -114,8 +116,8 @@ def prune_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], shape,
     """Fold and slice an HF-named state dict; returns (pruned HF state dict, achieved shape).
 
     Math runs in fp32 (float64 stays float64); the caller casts to the export dtype. The achieved shape's
-    ``tie_word_embeddings`` is False when the source was tied but the folded embedding differs from the
-    sliced LM head (the masked model's LM head is unmasked, its embedding is not).
+    ``tie_word_embeddings`` follows the source: a tied source (no ``lm_head.weight``, or one equal to the
+    embedding) folds the final norm's z_hidden into the shared embedding and stays tied.
     """
     z = normalize_masks(masks, shape)
     target = achieved_shape(z, shape)
@@ -135,10 +137,11 @@ def prune_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], shape,
     z_hid = z["hidden"][hid].to(dtype)
     out: dict[str, torch.Tensor] = {}
     embed = get(EMBED)[:, hid]
-    out[EMBED] = embed * z_hid
-    out[FINAL_NORM] = get(FINAL_NORM)[hid] * z_hid
     head = get(LM_HEAD)[:, hid] if LM_HEAD in hf_sd else embed  # tied sources may omit lm_head
-    tied = bool(getattr(shape, "tie_word_embeddings", False)) and torch.equal(head, out[EMBED])
+    tied = bool(getattr(shape, "tie_word_embeddings", False)) and torch.equal(head, embed)
+    out[EMBED] = embed * z_hid
+    # Tied: the final norm's z_hidden lives in the shared embedding (module docstring); untied: in the norm.
+    out[FINAL_NORM] = get(FINAL_NORM)[hid] * (1.0 if tied else z_hid)
     if not tied:
         out[LM_HEAD] = head
     target = dataclasses.replace(target, tie_word_embeddings=tied)

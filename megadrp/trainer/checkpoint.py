@@ -66,14 +66,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _copy_tokenizer(src: Optional[str], dst: Path) -> None:
-    """Copy the tokenizer files of a folder (skip weights: they are in DeepSpeed's shards)."""
-    if not src or not Path(src).is_dir():
-        return
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in Path(src).iterdir():
-        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "vocab.json",
-                                                                          "merges.txt", "added_tokens.json")):
-            shutil.copy2(f, dst / f.name)
+    """Tokenizer, chat template, generation config, card and license of a folder (megadrp.data.tokenizer_files)."""
+    from megadrp.data.tokenizer_files import copy_model_files
+
+    if src and Path(src).is_dir():
+        copy_model_files([src], dst, keep_source_card=True)
 
 
 def list_checkpoints(run_dir) -> list:

@@ -44,6 +44,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint = None
+        self._last_eval_step = None
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -67,7 +68,8 @@ class Trainer:
                                             seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
         self.tracker = DomainLossTracker(len(cfg.data.domains))
         self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
-                                          target_sparsity=self.mode.final_sparsity())
+                                          target_sparsity=self.mode.final_sparsity(),
+                                          model_params=float(self.shape.num_params()))
         self.sampler.set_weights(self.reweighter.weights)
         self.heldout = None
         if plan.eval_datasets:
@@ -169,7 +171,8 @@ class Trainer:
                 f"loss is {loss_total} at step {step}; stopping without checkpointing this state. Last good "
                 f"checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume auto, perhaps "
                 f"with a lower optim.lr)")
-        self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity())
+        self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity(),
+                                eval_losses=self._heldout_for_rule(step))
         new_weights = self.reweighter.maybe_update(step)
         if new_weights is not None:
             self.sampler.set_weights(new_weights)
@@ -187,6 +190,14 @@ class Trainer:
         if self.cfg.model.fused_cross_entropy:
             return self.engine(tokens[:, :-1], masks, targets=tokens[:, 1:])
         return token_cross_entropy(self.engine(tokens[:, :-1], masks), tokens[:, 1:])
+
+    def _heldout_for_rule(self, step: int):
+        """Sheared-LLaMA's rule updates from held-out losses: evaluate at its update steps (an eval record)."""
+        rule = self.reweighter
+        if self.heldout is None or not rule.uses_heldout_losses or step % rule.update_interval:
+            return None
+        losses = self.evaluate(step)["eval_loss"]
+        return [losses.get(d, float("nan")) for d in self.cfg.data.domains]
 
     # ---- the run --------------------------------------------------------------------------------------
     def train(self) -> int:
@@ -212,12 +223,12 @@ class Trainer:
                     self._log_step(step, out, window_tokens / max(window_time, 1e-9))
                     window_tokens, window_time = 0, 0.0
                 if self.heldout is not None and cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 \
-                        and step != cfg.optim.max_steps:
+                        and step != cfg.optim.max_steps and self._last_eval_step != step:
                     self.evaluate(step)
                 if step % cfg.checkpoint.save_interval == 0 or step == cfg.optim.max_steps:
                     self.save()
                 faults.step_sleep()
-            if self.heldout is not None:
+            if self.heldout is not None and self._last_eval_step != self.step:
                 self.evaluate(self.step)
         finally:
             self.wandb.finish()
@@ -238,6 +249,7 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict:
         rec = {"kind": "eval", "step": step, **self.heldout.run(self.engine, self.mode.eval_masks(), self.device)}
+        self._last_eval_step = step
         self.metrics.write(rec)
         self.wandb.log(rec)
         _log(f"eval step {step} | " + " ".join(f"{d}={v:.4f}" for d, v in rec["eval_loss"].items()))

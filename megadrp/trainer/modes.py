@@ -14,6 +14,7 @@ from typing import Dict, Optional
 import torch
 
 from megadrp.trainer.optim import SideOptimizer
+from megadrp.trainer.schedule import lr_at
 
 
 class Mode:
@@ -78,6 +79,7 @@ class PruneMode(Mode):
 
     def setup(self, trainer) -> None:
         from megadrp.masks import Lagrangian, MaskSet
+        from megadrp.masks.controller import make_controller
 
         super().setup(trainer)
         cfg = trainer.cfg
@@ -88,6 +90,7 @@ class PruneMode(Mode):
         self.lagrangian = Lagrangian(self.masks.families).to(trainer.device)
         self.side = SideOptimizer(self.masks.parameters(), self.lagrangian.parameters(),
                                   cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda)
+        self.controller = make_controller(cfg.pruning.controller, self.masks, self.lagrangian)
         self.source_params = float(trainer.shape.num_params())
         self.seed, self.max_steps = cfg.optim.seed, cfg.optim.max_steps
         self.warmup_fraction = cfg.pruning.warmup_fraction
@@ -134,8 +137,12 @@ class PruneMode(Mode):
         self.side.zero_grad()
 
     def after_step(self, step):
+        o = self.trainer.cfg.optim
+        if self.trainer.cfg.pruning.side_lr_schedule == "weights":  # the reference's scheduler spans every group
+            self.side.set_lr_scale(lr_at(step - 1, o.max_steps, 1.0, o.warmup_steps, o.min_lr_ratio))
+        self.controller.before_step()
         self.side.step()
-        self.masks.clamp_()
+        self.controller.after_step(self._targets(step))
 
     @torch.no_grad()
     def sparsity(self):
@@ -161,12 +168,13 @@ class PruneMode(Mode):
 
     def state_dict(self):
         return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
-                "side_optimizer": self.side.state_dict()}
+                "side_optimizer": self.side.state_dict(), "controller": self.controller.state_dict()}
 
     def load_state_dict(self, state):
         self.masks.load_state_dict(state["masks"])
         self.lagrangian.load_state_dict(state["lagrangian"])
         self.side.load_state_dict(state.get("side_optimizer") or {})
+        self.controller.load_state_dict(state.get("controller") or {})
 
 
 MODES = {"prune": PruneMode, "cpt": CptMode}

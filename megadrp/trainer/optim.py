@@ -56,7 +56,9 @@ def make_weight_optimizer(model: torch.nn.Module, optim_cfg, ds_config: Optional
 class SideOptimizer:
     """AdamW over the masks (descend) and the Lagrange multipliers (ascend), gradients averaged over ranks.
 
-    betas (0.9, 0.95) and weight decay 0 as in the reference method; constant learning rates.
+    betas (0.9, 0.95) and weight decay 0 as in the reference method. ``set_lr_scale(f)`` sets every group's
+    LR to f x its base LR: the trainer passes the weights' warm-up + cosine factor (lr_at / peak), as the
+    reference's scheduler spans every group, or 1.0 with ``pruning.side_lr_schedule: constant``.
     """
 
     def __init__(self, log_alphas: Iterable[torch.nn.Parameter], multipliers: Iterable[torch.nn.Parameter],
@@ -69,6 +71,13 @@ class SideOptimizer:
             groups.append({"params": self.multipliers, "lr": lr_lambda, "maximize": True, "name": "lambda"})
         self.optimizer: Optional[torch.optim.AdamW] = (
             torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, foreach=False) if groups else None)
+        self._base_lrs = [g["lr"] for g in groups]  # kept here: a loaded state_dict overwrites the groups' lr
+
+    def set_lr_scale(self, factor: float) -> None:
+        if self.optimizer is None:
+            return
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
 
     @property
     def params(self) -> list:
