@@ -137,6 +137,10 @@ class Trainer:
         if rngs:
             checkpoint.set_rng_state(rngs[dist.rank()] if dist.rank() < len(rngs) else rngs[0])
         self.last_checkpoint = path
+        if self.cfg.deepspeed.precision == "auto" and state.get("autocast", self.precision.autocast) != \
+                self.precision.autocast:  # the probe may differ under other load: compute as the original run did
+            self.precision = precision_mod.RunPrecision(self.precision.storage, state["autocast"],
+                                                        "auto: as the resumed checkpoint's run")
         _log(f"resumed from {path} at step {self.step}")
         return state.get("wandb_run_id")
 
@@ -262,7 +266,7 @@ class Trainer:
                  "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
-                 "mode_state": self.mode.state_dict()}
+                 "mode_state": self.mode.state_dict(), "autocast": self.precision.autocast}
         state.update(self.mode.state_dict())  # "masks", "lagrangian" at the top level, as export reads them
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
