@@ -19,8 +19,8 @@ import torch
 from megadrp.masks import Lagrangian, MaskSet
 from megadrp.masks.controller import make_controller
 from megadrp.model.shape import ModelShape
+from megadrp.trainer.lr_schedule import lr_at
 from megadrp.trainer.optim import SideOptimizer
-from megadrp.trainer.schedule import lr_at
 
 # Loss cost of dropping one unit, order of magnitude, per family.
 FAMILY_SCALE = {"layer": 3e-2, "head": 1e-2, "intermediate": 3e-5, "hidden": 1e-3}

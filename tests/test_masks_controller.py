@@ -69,15 +69,16 @@ def test_prune_mode_side_groups_follow_the_weights_schedule(schedule):
 
     from megadrp.config.loader import from_dict
     from megadrp.config.schema import RunConfig
-    from megadrp.trainer.modes import PruneMode
-    from megadrp.trainer.schedule import lr_at
+    from megadrp.methods.prune import PruneMode
+    from megadrp.trainer.dist import DataParallelGroup
+    from megadrp.trainer.lr_schedule import lr_at
 
     cfg = from_dict(RunConfig, {"mode": "prune", "pruning": {
         "target": {"hidden_size": 96, "num_key_value_heads": 2, "num_attention_heads": 4, "intermediate_size": 160,
                    "num_hidden_layers": 6}, "lr_log_alpha": 0.5, "lr_lambda": 2.0, "side_lr_schedule": schedule},
         "optim": {"max_steps": 100, "warmup_steps": 10}})
     mode = PruneMode()
-    mode.setup(SimpleNamespace(cfg=cfg, shape=SMALL, device=torch.device("cpu")))
+    mode.setup(SimpleNamespace(cfg=cfg, shape=SMALL, device=torch.device("cpu"), group=DataParallelGroup()))
     for step in (1, 2, 3):
         mode.zero_grad()
         sum(mode.loss_terms(step, 0).values()).backward()

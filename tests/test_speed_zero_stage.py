@@ -45,7 +45,7 @@ def test_a_number_in_the_json_pins_the_stage_and_offload_keeps_stage_3():
     offload = {"zero_optimization": {"stage": "auto", "offload_optimizer": {"device": "cpu"}}}
     assert "offload" in resolve_zero_stage(offload, 1000, 1, "bf16", "cuda", device_bytes=80 * GIB)
     assert offload["zero_optimization"]["stage"] == 3
-    auto = json.loads((REPO / "ds_configs" / "auto.json").read_text())
+    auto = json.loads((REPO / "megadrp" / "ds_configs" / "auto.json").read_text())
     reason = resolve_zero_stage(auto, 1000, 2, "fp32", "cpu", device_bytes=8 * GIB)
     assert auto["zero_optimization"]["stage"] == 1 and reason.startswith("auto: model states")
     assert not [k for k in auto["zero_optimization"] if k.startswith("stage3_")]
@@ -56,12 +56,12 @@ def test_two_rank_dress_run_under_the_auto_stage_shrinks_and_exports(tmp_path):
     so. DReSS's proximal shrink must reach ZeRO-1's fp32 master fragments: edited on the module's weights only,
     each step would restore the unshrunk master and the checkpoint (consolidated from the master) would hold
     no zeroed slice."""
-    from megadrp.export.checkpoint import load_checkpoint_for_export
+    from megadrp.export.consolidate import load_checkpoint_for_export
 
     ws = make_workspace(tmp_path)
     run_dir = tmp_path / "auto_stage"
     config = write_config(tmp_path, ws, run_dir, mode="dress",
-                          deepspeed={"config": str(REPO / "ds_configs" / "auto.json"), "precision": "auto"},
+                          deepspeed={"config": "ds_configs/auto.json", "precision": "auto"},
                           optim={"max_steps": 6, "gradient_accumulation_steps": 1},
                           checkpoint={"save_interval": 6, "keep_last": 1},
                           dress={"apply": "proximal", "penalty_init": 0.05, "penalty_final": 1.0,

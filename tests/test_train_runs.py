@@ -124,7 +124,8 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(ws):
     assert checkpoint.resolve("auto", run_dir) == ck / "step_4"
     state = checkpoint.read_state(ck / "step_4")
     assert state["step"] == 4 and state["mode"] == "prune" and len(state["rng"]) == 2
-    assert set(state["masks"]) and state["sampler"]["step"] == 8  # 4 steps x 2 micro-batches
+    assert set(state["mode_state"]["masks"]) and "masks" not in state  # saved once, in the mode's state
+    assert state["sampler"]["step"] == 8  # 4 steps x 2 micro-batches
     weights = get_fp32_state_dict_from_zero_checkpoint(str(ck), tag="step_4")
     assert weights["embed_tokens.weight"].shape == (512, 64)
     assert all(torch.isfinite(v).all() for v in weights.values())

@@ -105,7 +105,8 @@ class Runner:
     """One model + optimizer; `step(masked)` runs a full training step in prune or cpt mode."""
 
     def __init__(self, args, shape, run_precision, device):
-        from megadrp.trainer.modes import PruneMode
+        from megadrp.methods.prune import PruneMode
+        from megadrp.trainer.dist import DataParallelGroup
         from megadrp.trainer.optim import make_weight_optimizer
 
         self.args, self.device, self.precision, self.shape = args, device, run_precision, shape
@@ -121,7 +122,8 @@ class Runner:
             self.engine = engine_mod.initialize(model, optimizer, ds_config(args, precision, self.shape))
             self.model = self.engine
         self.prune = PruneMode()
-        self.prune.setup(SimpleNamespace(cfg=cfg, shape=shape, device=device, engine=self.engine))
+        self.prune.setup(SimpleNamespace(cfg=cfg, shape=shape, device=device, engine=self.engine,
+                                         group=DataParallelGroup()))
         self.vocab, self.step_no = shape.vocab_size, 0
 
     def step(self, masked: bool) -> None:

@@ -110,8 +110,8 @@ def _check_request(args, models: dict[str, str], tasks: list[str]) -> str | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megadrp.eval.heldout import load_heldout
-    from megadrp.eval.tables import markdown_report
+    from megadrp.eval.windows import load_heldout
+    from megadrp.eval_results import markdown_report
 
     args = build_parser().parse_args(argv)
     for name in ("seq_length", "batch_size"):

@@ -48,7 +48,7 @@ def _models(results: dict) -> dict[str, dict]:
 
 def eval_table(results: dict) -> str:
     """Markdown of an eval JSON: megadrp.eval's held-out and lm-eval tables, else a flat metric list."""
-    from megadrp.eval.tables import markdown_table, protocol_line, tasks_table
+    from megadrp.eval_results import markdown_table, protocol_line, tasks_table
 
     try:
         models = _models(results)

@@ -17,7 +17,8 @@ from typing import Mapping, Optional
 import torch
 
 from megadrp.data.tokenizer_files import GENERATION_CONFIG, copy_model_files
-from megadrp.export.prune import ExportError
+from megadrp.export.surgery import ExportError
+from megadrp.model.families import get_family
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,7 +33,7 @@ def hf_config(shape, family, dtype: str = "float32"):
     """The family's transformers config for ``shape`` (explicit head_dim: it never follows d' / H')."""
     from transformers import CONFIG_MAPPING
 
-    d = shape.to_hf_config_dict(family)
+    d = (get_family(family) if isinstance(family, str) else family).hf_config_dict(shape)
     d["head_dim"] = shape.head_dim
     cfg = CONFIG_MAPPING[d.pop("model_type")](**d)
     cfg.dtype = dtype

@@ -1,6 +1,9 @@
-"""Per-token cross-entropy: the one home of the training loss, from logits or fused with the LM head.
+"""Per-token cross-entropy: the one home of the language-model loss, from logits or fused with the LM head.
 
 ``token_cross_entropy(logits, targets)`` is the plain form: fp32 per-token losses [B, T] from logits [B, T, V].
+Training (the step loop, DReSS's Taylor scores, the plain-torch DReSS loop), the trainer's periodic held-out
+evaluation and ``megadrp eval`` take their nats from it or from the fused form below, which computes the same
+numbers (fp32 log-sum-exp) in chunks, so a loss logged by one is the other's on the same tokens.
 For large vocabularies the fp32 logits are the largest tensor of a step (8k tokens x 128k vocab: 4 GiB, and as
 much again for their gradient). ``linear_cross_entropy(hidden, weight, targets)`` never materialises them: it
 walks the tokens in chunks, computes each chunk's logits (in the matmul dtype), its log-sum-exp in fp32, the

@@ -18,8 +18,6 @@ import torch
 from megadrp.config import ConfigError, check_deepspeed_json, resolve_precision
 from megadrp.trainer.zero_stage import resolve_zero_stage
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 @dataclass
 class Plan:
@@ -37,14 +35,6 @@ class Plan:
     zero_reason: str = ""  # why the ZeRO stage was chosen ('' when the JSON pins it)
 
 
-def _ds_json_path(path: str) -> str:
-    # Recipes name ds_configs/... relative to the repository; accept that from any working directory.
-    if os.path.exists(path) or os.path.isabs(path):
-        return path
-    candidate = REPO_ROOT / path
-    return str(candidate) if candidate.exists() else path
-
-
 def preflight(cfg, world_size: Optional[int] = None) -> Plan:
     from megadrp.data import load_domain_datasets
     from megadrp.model import read_shape
@@ -52,7 +42,7 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.deepspeed.precision, device_type)
-    ds_config = check_deepspeed_json(_ds_json_path(cfg.deepspeed.config), cfg.optim, precision, world)
+    ds_config = check_deepspeed_json(cfg.deepspeed.config, cfg.optim, precision, world)
 
     if not cfg.model.path:
         raise ConfigError("model.path", cfg.model.path, "give the source model's Hugging Face folder")

@@ -21,10 +21,9 @@ from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer import precision as precision_mod
 from megadrp.trainer.build import Plan
+from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
-from megadrp.trainer.modes import get_mode
 from megadrp.trainer.optim import make_weight_optimizer
-from megadrp.trainer.schedule import lr_at, set_lr
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,10 +36,12 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, plan: Plan, resume: str = "none"):
-        self.cfg, self.plan, self.resume_spec = cfg, plan, resume
+    def __init__(self, cfg, plan: Plan, mode, resume: str = "none"):
+        """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``)."""
+        self.cfg, self.plan, self.mode, self.resume_spec = cfg, plan, mode, resume
         self.shape, self.family = plan.shape, plan.family
         self.device = dist.device()
+        self.group = dist.DataParallelGroup()  # every collective of the loop and the mode runs over it
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint = None
@@ -62,21 +63,21 @@ class Trainer:
         probe = precision_mod.probe_shape(cfg.optim.micro_batch_size * cfg.data.seq_length, self.shape.hidden_size,
                                           self.shape.intermediate_size)
         self.precision = precision_mod.resolve_on_ranks(cfg.deepspeed.precision, self.device.type, probe)
-        self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                            seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
-        self.tracker = DomainLossTracker(len(cfg.data.domains))
+                                            seed=cfg.optim.seed, rank=self.group.rank, world_size=self.group.size)
+        self.tracker = DomainLossTracker(len(cfg.data.domains), group=self.group.process_group)
         self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
                                           target_sparsity=self.mode.final_sparsity(),
-                                          model_params=float(self.shape.num_params()))
+                                          model_params=float(self.shape.num_params()),
+                                          group=self.group.process_group)
         self.sampler.set_weights(self.reweighter.weights)
         self.heldout = None
         if plan.eval_datasets:
-            from megadrp.trainer.heldout import HeldoutEval
+            from megadrp.trainer.periodic_eval import HeldoutEval
 
             self.heldout = HeldoutEval(plan.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                       cfg.logging.eval_batches, plan.tokenizer_path)
+                                       cfg.logging.eval_batches, plan.tokenizer_path, self.group)
         self.metrics = MetricsFile(cfg.run_dir, dist.is_main())
         run_id = None
         if path is not None:
@@ -267,7 +268,6 @@ class Trainer:
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
                  "mode_state": self.mode.state_dict(), "autocast": self.precision.autocast}
-        state.update(self.mode.state_dict())  # "masks", "lagrangian" at the top level, as export reads them
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)
@@ -284,6 +284,6 @@ class Trainer:
             for t in (v.values() if isinstance(v, dict) else []):
                 if isinstance(t, torch.Tensor):
                     h.update(t.detach().cpu().numpy().tobytes())
-        digests = dist.all_gather_object(h.hexdigest())
+        digests = self.group.all_gather_object(h.hexdigest())
         if len(set(digests)) != 1:
             raise RuntimeError(f"replicated state differs between ranks at step {self.step}: {digests}")

@@ -54,7 +54,7 @@ def make_weight_optimizer(model: torch.nn.Module, optim_cfg, ds_config: Optional
 
 
 class SideOptimizer:
-    """AdamW over the masks (descend) and the Lagrange multipliers (ascend), gradients averaged over ranks.
+    """AdamW over the masks (descend) and the Lagrange multipliers (ascend), gradients averaged over ``group``.
 
     betas (0.9, 0.95) and weight decay 0 as in the reference method. ``set_lr_scale(f)`` sets every group's
     LR to f x its base LR: the trainer passes the weights' warm-up + cosine factor (lr_at / peak), as the
@@ -62,8 +62,9 @@ class SideOptimizer:
     """
 
     def __init__(self, log_alphas: Iterable[torch.nn.Parameter], multipliers: Iterable[torch.nn.Parameter],
-                 lr_log_alpha: float, lr_lambda: float):
+                 lr_log_alpha: float, lr_lambda: float, group: Optional[dist.DataParallelGroup] = None):
         self.log_alphas, self.multipliers = list(log_alphas), list(multipliers)
+        self.group = group or dist.DataParallelGroup()
         groups = []
         if self.log_alphas:
             groups.append({"params": self.log_alphas, "lr": lr_log_alpha, "maximize": False, "name": "log_alpha"})
@@ -90,7 +91,7 @@ class SideOptimizer:
     def step(self) -> None:
         if self.optimizer is None:
             return
-        dist.all_reduce_grads_mean(self.params)
+        self.group.all_reduce_grads_mean(self.params)
         self.optimizer.step()
         self.zero_grad()
 

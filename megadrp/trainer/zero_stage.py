@@ -8,7 +8,7 @@ per-rank model states (weights, gradients, fp32 master copy and Adam moments; Ra
 fit in FIT_FRACTION of one device's memory, the rest left to activations. A number in the JSON pins the stage.
 
 Stage 0 is never chosen: its checkpoints carry no ZeRO optimizer shards, which export consolidates the weights
-from (megadrp/export/checkpoint.py). Stage 1 at world size 1 partitions over one rank, i.e. not at all.
+from (megadrp/export/consolidate.py). Stage 1 at world size 1 partitions over one rank, i.e. not at all.
 A JSON that offloads to the CPU keeps stage 3 (offloading parameters needs it; the JSON asked for memory).
 """
 from __future__ import annotations

@@ -4,7 +4,8 @@ Given a source state dict, its shape and the deterministic masks (exact zeros fo
 values for kept ones), fold every mask into the weights exactly once and slice the pruned units away,
 so that a plain Hugging Face decoder of the achieved shape computes the masked model's logits.
 
-Where each mask goes (METHOD.md section 1; x is the residual stream, which carries z_hidden):
+Where each mask goes (the mask placement of Sheared-LLaMA, Xia et al. 2023, which DRPruning follows;
+docs/EXPORT.md; x is the residual stream, which carries z_hidden):
 - z_head (per KV group): rows of v_proj (and its bias): softmax(qk) @ (v * z) == (softmax(qk) @ v) * z.
 - z_layer * z_hidden: output rows of o_proj and down_proj (the only writes into the residual stream
   besides the embedding).
@@ -26,7 +27,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-FAMILIES = ("layer", "head", "intermediate", "hidden")
+from megadrp.model.units import FAMILIES, mask_shape
 
 # HF parameter names shared by LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM.
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
@@ -35,11 +36,6 @@ LAYER = "model.layers.{}."
 
 class ExportError(ValueError):
     """A checkpoint or mask set that cannot be exported as asked; the message says why and what to do."""
-
-
-def _source_sizes(shape) -> dict[str, int]:
-    return {"layer": shape.num_hidden_layers, "head": shape.num_key_value_heads,
-            "intermediate": shape.intermediate_size, "hidden": shape.hidden_size}
 
 
 def normalize_masks(masks: Optional[Mapping[str, torch.Tensor]], shape) -> dict[str, torch.Tensor]:
@@ -53,10 +49,10 @@ def normalize_masks(masks: Optional[Mapping[str, torch.Tensor]], shape) -> dict[
     unknown = set(masks) - set(FAMILIES)
     if unknown:
         raise ExportError(f"unknown mask families {sorted(unknown)}; expected a subset of {list(FAMILIES)}")
-    sizes, num_layers = _source_sizes(shape), shape.num_hidden_layers
+    num_layers = shape.num_hidden_layers
     out = {}
     for name in FAMILIES:
-        full = (num_layers, sizes[name]) if name in ("head", "intermediate") else (sizes[name],)
+        full = mask_shape(shape, name)
         z = masks.get(name)
         if z is None:
             out[name] = torch.ones(full)

@@ -1,75 +1,17 @@
-"""What differs between run modes, behind a few hooks, so the step loop never branches on the mode.
+"""``prune``: learned hard-concrete masks pulled to the target shape by a Lagrangian (DRPruning / Sheared-LLaMA).
 
-A mode supplies the masks of a forward pass, extra loss terms (added to the mean token CE of the same
-forward), a post-step hook, its metrics and its checkpoint state. ``prune`` trains hard-concrete masks with
-a Lagrangian; ``cpt`` is dense. Another mode (DReSS's regularisation: an extra penalty term and a post-step
-hook) registers itself with :func:`register_mode` from its own package (``megadrp.<name>.mode`` is imported
-on first use), without editing the loop.
+Masks are sampled per micro-step (identical on every rank); the masks and multipliers are small fp32 modules
+outside the engine, optimised by the SideOptimizer, and checkpointed in the mode's state.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
+from megadrp.methods.base import Mode
+from megadrp.trainer.lr_schedule import lr_at
 from megadrp.trainer.optim import SideOptimizer
-from megadrp.trainer.schedule import lr_at
-
-
-class Mode:
-    """Dense training with no extras: the base every mode refines."""
-
-    name = "base"
-
-    def setup(self, trainer) -> None:
-        """Called once the engine exists (trainer.cfg, .shape, .device, .engine are set)."""
-        self.trainer = trainer
-
-    def calibrate(self, trainer) -> Optional[dict]:
-        """Once, before step 1 of a fresh run (a resumed run restores the result); returns a metrics record."""
-        return None
-
-    def train_masks(self, step: int, micro_step: int) -> Optional[Dict[str, torch.Tensor]]:
-        return None
-
-    def eval_masks(self) -> Optional[Dict[str, torch.Tensor]]:
-        return None
-
-    def loss_terms(self, step: int, micro_step: int) -> Dict[str, torch.Tensor]:
-        """Extra scalar losses added to this micro-batch's mean CE (same forward; each logged by name)."""
-        return {}
-
-    def zero_grad(self) -> None:
-        pass
-
-    def after_step(self, step: int) -> None:
-        """After the engine's optimizer step of ``step`` (1-based)."""
-
-    def sparsity(self) -> Optional[float]:
-        """Current expected fraction of parameters removed (fed to the reweighting rule), or None."""
-        return None
-
-    def final_sparsity(self) -> Optional[float]:
-        return None
-
-    def metrics(self, step: int) -> dict:
-        return {}
-
-    def step_line(self, record: dict) -> str:
-        return ""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class CptMode(Mode):
-    """Continued pretraining of a dense (exported) model; domain reweighting stays on in the loop."""
-
-    name = "cpt"
 
 
 class PruneMode(Mode):
@@ -84,12 +26,12 @@ class PruneMode(Mode):
         super().setup(trainer)
         cfg = trainer.cfg
         # Masks and multipliers are plain fp32 modules on the local device, outside the engine: ZeRO-3
-        # would partition them (ARCHITECTURE.md, Masks).
+        # would partition them (docs/ARCHITECTURE.md, Masks).
         self.masks = MaskSet(trainer.shape, cfg.pruning.target, init_mean=cfg.pruning.log_alpha_init,
                              temperature=cfg.pruning.temperature, seed=cfg.optim.seed, device=trainer.device)
         self.lagrangian = Lagrangian(self.masks.families).to(trainer.device)
         self.side = SideOptimizer(self.masks.parameters(), self.lagrangian.parameters(),
-                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda)
+                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda, group=trainer.group)
         self.controller = make_controller(cfg.pruning.controller, self.masks, self.lagrangian)
         self.source_params = float(trainer.shape.num_params())
         self.seed, self.max_steps = cfg.optim.seed, cfg.optim.max_steps
@@ -104,15 +46,14 @@ class PruneMode(Mode):
             return None
         from megadrp.data import DomainMixtureSampler
         from megadrp.masks.outliers import massive_dims, residual_rms
-        from megadrp.trainer import dist
 
-        cfg = trainer.cfg
+        cfg, group = trainer.cfg, trainer.group
         probe = DomainMixtureSampler(trainer.plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                     seed=cfg.optim.seed + 1, rank=dist.rank(), world_size=dist.world_size(),
+                                     seed=cfg.optim.seed + 1, rank=group.rank, world_size=group.size,
                                      weights=trainer.reweighter.weights)
         tokens = probe.next_batch()["tokens"][:, :-1].to(trainer.device)
         model = getattr(trainer.engine, "module", trainer.engine)
-        rms = residual_rms(model, lambda: trainer.engine(tokens, None), dist.all_reduce_sum)
+        rms = residual_rms(model, lambda: trainer.engine(tokens, None), group.all_reduce_sum)
         dims = massive_dims(rms, ratio)
         self.masks.protect_hidden(dims)
         return {"kind": "calibration", "step": 0, "protected_hidden": dims,
@@ -175,23 +116,3 @@ class PruneMode(Mode):
         self.lagrangian.load_state_dict(state["lagrangian"])
         self.side.load_state_dict(state.get("side_optimizer") or {})
         self.controller.load_state_dict(state.get("controller") or {})
-
-
-MODES = {"prune": PruneMode, "cpt": CptMode}
-
-
-def register_mode(name: str, cls) -> None:
-    MODES[name] = cls
-
-
-def get_mode(name: str) -> Mode:
-    if name not in MODES:
-        try:  # a mode living in its own package registers itself on import
-            importlib.import_module(f"megadrp.{name}.mode")
-        except ModuleNotFoundError as err:
-            if not (err.name or "").startswith("megadrp"):
-                raise
-        if name not in MODES:
-            raise NotImplementedError(f"mode {name!r} has no trainer hooks yet (expected megadrp/{name}/mode.py "
-                                      f"calling megadrp.trainer.modes.register_mode)")
-    return MODES[name]()
