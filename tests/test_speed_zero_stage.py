@@ -1,4 +1,4 @@
-"""ZeRO stage "auto" (megadrp/trainer/zero_stage.py): the rule on model sizes people run, a pinned stage left
+"""ZeRO stage "auto" (megadrp/config/zero_stage.py): the rule on model sizes people run, a pinned stage left
 alone, and a real 2-rank run under the stage the rule picks (ds_configs/auto.json), exported afterwards."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megadrp.trainer.zero_stage import choose_stage, model_state_bytes, resolve_zero_stage
+from megadrp.config.zero_stage import choose_stage, model_state_bytes, resolve_zero_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_fixtures import REPO, deepspeed_cmd, launch, make_workspace, read_metrics, run_env, write_config  # noqa: E402
@@ -75,3 +75,14 @@ def test_two_rank_dress_run_under_the_auto_stage_shrinks_and_exports(tmp_path):
     assert state["step"] == 6 and "lm_head.weight" in sd
     # the last shrink (coefficient 1) zeroed the selected hidden dims (64 -> 48) in the master copy itself
     assert int((sd["embed_tokens.weight"].abs().sum(0) == 0).sum()) == 64 - 48
+
+
+def test_the_planner_resolves_an_auto_stage_as_the_trainer_would():
+    from megadrp.config import RunConfig, TargetShape
+    from megadrp.plan.resolve import run_shape
+
+    cfg = RunConfig()  # deepspeed.config defaults to ds_configs/auto.json
+    cfg.model.path, cfg.pruning.target = "smollm2-135m", TargetShape(intermediate_size=768)
+    assert run_shape(cfg, 1, gpu_memory_gib=80).zero.stage == 1
+    cfg.model.path, cfg.pruning.target = "llama-3.1-70b", TargetShape(intermediate_size=14336)
+    assert run_shape(cfg, 8, gpu_memory_gib=80).zero.stage == 3

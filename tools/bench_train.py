@@ -82,8 +82,8 @@ def ds_config(args, precision: str, shape) -> dict:
           "train_batch_size": args.micro_batch, "gradient_clipping": 1.0, "zero_optimization": zero,
           "bf16": {"enabled": precision == "bf16"}, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
     if stage == "auto":
+        from megadrp.config.zero_stage import resolve_zero_stage
         from megadrp.trainer.dist import device
-        from megadrp.trainer.zero_stage import resolve_zero_stage
 
         args.zero_reason = resolve_zero_stage(ds, shape.num_params(), 1, precision, device().type)
     else:
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
                    help="auto, bf16 or fp32, or several comma-separated (alternated in one run, ratios vs the first)")
     p.add_argument("--unfused-ce", action="store_true", help="logits then CE instead of the fused LM head + CE")
     p.add_argument("--zero-stage", choices=("0", "1", "2", "3", "auto"), default="3",
-                   help="auto: the stage megadrp/trainer/zero_stage.py picks for this shape on this device")
+                   help="auto: the stage megadrp/config/zero_stage.py picks for this shape on this device")
     p.add_argument("--no-deepspeed", action="store_true", help="plain torch step of the same model and masks")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="peak of this device when not in the table")

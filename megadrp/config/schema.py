@@ -190,7 +190,7 @@ class OptimConfig:
 class DeepSpeedConfig:
     config: str = opt("ds_configs/auto.json", "DeepSpeed JSON; checked against optim.* and precision. A "
                       "zero_optimization.stage of \"auto\" (ds_configs/auto.json) picks the lowest of stages 1-3 "
-                      "whose model states fit one device (megadrp/trainer/zero_stage.py); a number pins it.")
+                      "whose model states fit one device (megadrp/config/zero_stage.py); a number pins it.")
     precision: str = opt("auto", "'auto' (bf16 on GPUs; on CPU bf16 autocast over fp32 weights where a start-up "
                          "matmul probe finds bf16 faster, else fp32), 'bf16' (on CPU: autocast over fp32 weights), "
                          "'fp16' or 'fp32'; the weights' dtype must agree with the JSON.",

@@ -2,7 +2,7 @@
 
 Pre-flight checks (each a plain error naming the field and the fix): the DeepSpeed JSON against the run
 config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler), a ZeRO stage "auto"
-resolved from the model's size (trainer/zero_stage.py); the source model's
+resolved from the model's size (config/zero_stage.py); the source model's
 config; the target shape against the source (prune mode); the training / held-out binaries present and made
 with the run's tokenizer, every token id inside the model's vocabulary.
 """
@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from megadrp.config import ConfigError, check_deepspeed_json, resolve_precision
-from megadrp.trainer.zero_stage import resolve_zero_stage
+from megadrp.config.zero_stage import resolve_zero_stage
 
 
 @dataclass
