@@ -3,7 +3,8 @@
 Pre-flight checks (each a plain error naming the field and the fix): the DeepSpeed JSON against the run
 config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler); the source model's
 config; the target shape against the source (prune mode); the training / held-out binaries present and made
-with the run's tokenizer, every token id inside the model's vocabulary.
+with the run's tokenizer, every token id inside the model's vocabulary; the distillation teacher's folder,
+vocabulary and tokenizer against the student's (megadrp/distill/teacher.py).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Plan:
     eval_datasets: dict
     token_counts: list
     target_shape: Optional[object] = None
+    teacher: Optional[object] = None  # megadrp.distill.TeacherSpec; None: distillation off
 
 
 def _ds_json_path(path: str) -> str:
@@ -91,6 +93,9 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
         raise ConfigError("data.tokenizer", tokenizer, f"has {tok_vocab} tokens but the model's embedding has "
                           f"{shape.vocab_size}; use the model's own tokenizer")
     counts = [float(ds.num_tokens) for ds in datasets.values()]
+    from megadrp.distill import resolve_teacher
+
+    teacher = resolve_teacher(cfg, shape, tokenizer)
     return Plan(ds_config=ds_config, precision=precision, world_size=world, shape=shape, family=family,
                 weights_path=weights_path, tokenizer_path=tokenizer, datasets=datasets, eval_datasets=eval_datasets,
-                token_counts=counts, target_shape=target)
+                token_counts=counts, target_shape=target, teacher=teacher)

@@ -1,7 +1,8 @@
 """The Trainer: one step loop for every mode (see ARCHITECTURE.md, "One training step").
 
 Per optimizer step: for each micro-batch, the sampler's batch, the mode's masks for (step, micro) (identical on
-every rank), ONE forward through the engine, per-token CE; loss = mean CE + the mode's extra terms; the same
+every rank), ONE forward through the engine (plus the teacher's no-grad forward when distilling,
+megadrp/distill/), per-token CE; loss = mean CE (blended with the KD term) + the mode's extra terms; the same
 per-token CE feeds the domain tracker; engine.backward/step. Then the mode's post-step hook (mask and
 multiplier updates), one tracker all-reduce, the reweighting rule (new sampler weights every
 dro.update_interval steps, identical on every rank), logging, periodic eval and checkpoints.
@@ -59,6 +60,9 @@ class Trainer:
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
         self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
+        from megadrp.distill import make_distiller
+
+        self.distill = make_distiller(self)  # None unless distill.alpha > 0
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
                                             seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
         self.tracker = DomainLossTracker(len(cfg.data.domains))
@@ -144,11 +148,14 @@ class Trainer:
         for micro in range(cfg.optim.gradient_accumulation_steps):
             batch = self.sampler.next_batch()
             tokens = batch["tokens"].to(self.device)
+            teacher = self.distill.teacher_logits(tokens[:, :-1]) if self.distill else None
             logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
             tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
                                        reduction="none").view(tokens.shape[0], -1)
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
+            if self.distill:  # (1 - alpha) LM + alpha KD; the tracker above keeps the LM loss (DRO signal)
+                loss = self.distill.blend(loss, logits, teacher)
             for name, term in self.mode.loss_terms(step, micro).items():
                 loss = loss + term
                 extras[name] = extras.get(name, 0.0) + float(term.detach()) / cfg.optim.gradient_accumulation_steps
@@ -161,6 +168,9 @@ class Trainer:
         loss_sum, count = self.tracker.reduce()
         lm_loss = float(loss_sum.sum() / count.sum().clamp(min=1))
         loss_total = lm_loss + sum(extras.values())
+        if self.distill:
+            extras["kd_loss"] = self.distill.step_mean()
+            loss_total += self.distill.alpha * (extras["kd_loss"] - lm_loss)
         if not math.isfinite(loss_total) or faults.nan_at(step):
             raise TrainingDiverged(
                 f"loss is {loss_total} at step {step}; stopping without checkpointing this state. Last good "
