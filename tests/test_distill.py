@@ -124,6 +124,10 @@ def test_cpt_from_a_frozen_zero3_teacher_and_bit_identical_resume(ws):
     for r in ref:
         assert r["loss"] == pytest.approx(0.5 * r["lm_loss"] + 0.5 * r["kd_loss"], rel=1e-9)
     assert "| kd " in proc.stdout
+    from megadrp.eval.report import write_report
+
+    write_report(ref_dir, tmp / "kd_report")
+    assert (tmp / "kd_report" / "kd_loss.png").stat().st_size > 1000  # `megadrp report` plots it
 
     run_dir = tmp / "kd_cpt_resumed"
     config = write_config(tmp, ws, run_dir, mode="cpt", distill=distill, **CPT_KD)

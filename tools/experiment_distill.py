@@ -1,0 +1,111 @@
+"""Distillation at equal tokens: continued pretraining of one pruned SmolLM2-135M with distill.alpha 0 / 0.5 / 1.
+
+    python tools/experiment_distill.py --model .cache/models/smollm2-135m --corpus .cache/corpus \
+        --run-dir runs/experiment_distill --steps 40 --nproc 1
+
+Stages (each the `megadrp` command a user would run, cached like tools/experiment.py's):
+1. the student: a direct cut of the source to the method comparison's target (d 384, 6/2 heads, m 1024,
+   24 layers; activation criterion on --calibration-batches training batches), written as an HF folder;
+2. for each alpha, `megadrp cpt` of that folder for --steps steps with the source as distill.teacher (frozen,
+   ZeRO-3, megadrp/distill/teacher.py); same seed, so the same batches in the same order; a constant uniform
+   domain mix (dro.method=constant), so the three runs differ only in the loss;
+3. `megadrp eval` of the source, the cut and the three finetuned models on the held-out split.
+Prints and writes RUN_DIR/results.md / results.json: per-domain bits per byte, average, worst, and each run's
+median training tokens/s from its metrics.jsonl (the teacher's cost: the step-time ratio to alpha 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megadrp import pipeline as pl  # noqa: E402
+
+ALPHAS = ("0", "0.5", "1.0")
+TARGET = {"hidden_size": 384, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 1024,
+          "num_hidden_layers": 24}
+
+
+def direct_cut(model: str, prefix: str, domains: list, out_dir: str, batches: int, seq_length: int) -> str:
+    """Select (activation criterion) and cut the source once; the HF folder every arm starts from."""
+    if os.path.exists(os.path.join(out_dir, "config.json")):
+        print(f"cached: {out_dir}")
+        return out_dir
+    import torch
+
+    from megadrp.config.schema import TargetShape
+    from megadrp.data import DomainMixtureSampler, load_domain_datasets
+    from megadrp.dress.prune import export_pruned
+    from megadrp.dress.scoring import score_units
+    from megadrp.dress.select import select_units
+    from megadrp.model import load_pretrained, read_shape
+
+    torch.manual_seed(0)
+    shape, family = read_shape(model)
+    source = load_pretrained(model, dtype=torch.float32)
+    sampler = DomainMixtureSampler(load_domain_datasets(prefix, domains, tokenizer=model), seq_length, 2, seed=7,
+                                   rank=0, world_size=1)
+    calib = [sampler.next_batch()["tokens"] for _ in range(batches)]
+    masks = select_units(score_units(source, calib, "activation"), shape, TargetShape(**TARGET))
+    export_pruned(source.state_dict(), shape, family, masks, out_dir, tokenizer_src=model, dtype="float32",
+                  source_model_dir=model)
+    return out_dir
+
+
+def tokens_per_s(run_dir: str) -> float:
+    """Median training throughput of a run's logged steps, step 1 (warm-up) left out."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        recs = [json.loads(line) for line in fh]
+    return float(statistics.median(r["tokens_per_s"] for r in recs if r["kind"] == "train" and r["step"] > 1))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    pl.add_common_args(p, "runs/experiment_distill", "configs/experiment_smollm2.yaml")
+    p.add_argument("--steps", type=int, default=40, help="cpt steps of each arm")
+    p.add_argument("--calibration-batches", type=int, default=4)
+    args = p.parse_args(argv)
+    domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
+    pl.banner("the student: a direct cut of the source")
+    student = direct_cut(args.model, prefixes["train"], domains, os.path.join(args.run_dir, "cut"),
+                         args.calibration_batches, 128)
+    common = [f"data.prefix={prefixes['train']}", f"data.domains=[{', '.join(domains)}]", "dro.method=constant",
+              "dro.initial_ratio=uniform", f"model.path={student}", f"distill.teacher={args.model}",
+              *args.overrides]
+    models = {"source": args.model, "cut": student}  # labels: no spaces or "=" (megadrp eval --model LABEL=PATH)
+    throughput = {}
+    for alpha in ALPHAS:
+        pl.banner(f"cpt with distill.alpha={alpha} for {args.steps} steps")
+        run_dir = os.path.join(args.run_dir, f"alpha_{alpha}")
+        pl.train("cpt", args.config, run_dir, args.steps, args.nproc, [*common, f"distill.alpha={alpha}"])
+        throughput[alpha] = tokens_per_s(run_dir)  # same tokens per step in every arm: its inverse is step time
+        models[f"alpha-{alpha}"] = pl.export(run_dir, os.path.join(run_dir, "export"))
+    pl.banner("held-out evaluation")
+    out = pl.evaluate(models, args.corpus, os.path.join(args.run_dir, "eval.json"), args.eval_seq_length,
+                      args.eval_windows)
+    lines = ["| model | " + " | ".join(domains) + " | average | worst |", "|---|" + "---:|" * (len(domains) + 2)]
+    rows = {}
+    for name in models:
+        bpb = {d: out["models"][name]["domains"][d]["bits_per_byte"] for d in domains}
+        worst = max(bpb, key=bpb.get)
+        rows[name] = {**bpb, "average": sum(bpb.values()) / len(bpb), "worst": [worst, bpb[worst]]}
+        lines.append(f"| {name} | " + " | ".join(f"{bpb[d]:.3f}" for d in domains) +
+                     f" | {rows[name]['average']:.3f} | {bpb[worst]:.3f} ({worst}) |")
+    base = throughput[ALPHAS[0]]
+    lines += ["", "| arm | median tokens/s | step time vs alpha 0 |", "|---|---:|---:|"]
+    lines += [f"| alpha {a} | {t:.0f} | {base / t:.2f}x |" for a, t in throughput.items()]
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(args.run_dir, "results.md"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    with open(os.path.join(args.run_dir, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump({"bpb": rows, "tokens_per_s": throughput, "steps": args.steps}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
