@@ -1,6 +1,6 @@
 """The trainer's distillation hook: the teacher's logits on the micro-batch, the blended loss, the logged KD.
 
-Per micro-batch (megadrp/trainer/loop.py): ``teacher_logits`` runs the teacher on the student's inputs before
+Per micro-batch (megadrp/trainer/loop.py): ``run_teacher`` runs the teacher on the student's inputs before
 the student's forward (same tokens, no extra data pass); ``blend`` turns the micro-batch's mean LM loss into
 (1 - alpha) * LM + alpha * KD, the KD being the per-token KL (megadrp/distill/kd.py) averaged with the same
 per-token weights as the LM term (a plain mean over the micro-batch's tokens). The DRO tracker keeps receiving
@@ -22,11 +22,14 @@ class Distiller:
         self.teacher, self.alpha, self.temperature, self.top_k = teacher, alpha, temperature, top_k
         self._sum = torch.zeros((), dtype=torch.float64)
         self._count = 0
+        self._teacher_logits: Optional[torch.Tensor] = None
 
-    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.teacher.logits(inputs)
+    def run_teacher(self, inputs: torch.Tensor) -> None:
+        """The teacher's logits on this micro-batch, held until :meth:`blend` (then freed before the backward)."""
+        self._teacher_logits = self.teacher.logits(inputs)
 
-    def blend(self, lm_mean: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+    def blend(self, lm_mean: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        teacher_logits, self._teacher_logits = self._teacher_logits, None
         kd_tok = kd_per_token(student_logits, teacher_logits, self.temperature, self.top_k)
         self._sum += kd_tok.detach().double().sum().cpu()
         self._count += kd_tok.numel()

@@ -148,14 +148,15 @@ class Trainer:
         for micro in range(cfg.optim.gradient_accumulation_steps):
             batch = self.sampler.next_batch()
             tokens = batch["tokens"].to(self.device)
-            teacher = self.distill.teacher_logits(tokens[:, :-1]) if self.distill else None
+            if self.distill:
+                self.distill.run_teacher(tokens[:, :-1])  # no grad, same micro-batch
             logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
             tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
                                        reduction="none").view(tokens.shape[0], -1)
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
             if self.distill:  # (1 - alpha) LM + alpha KD; the tracker above keeps the LM loss (DRO signal)
-                loss = self.distill.blend(loss, logits, teacher)
+                loss = self.distill.blend(loss, logits)
             for name, term in self.mode.loss_terms(step, micro).items():
                 loss = loss + term
                 extras[name] = extras.get(name, 0.0) + float(term.detach()) / cfg.optim.gradient_accumulation_steps
