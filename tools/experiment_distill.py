@@ -11,7 +11,9 @@ Stages (each the `megadrp` command a user would run, cached like tools/experimen
    domain mix (dro.method=constant), so the three runs differ only in the loss;
 3. `megadrp eval` of the source, the cut and the three finetuned models on the held-out split.
 Prints and writes RUN_DIR/results.md / results.json: per-domain bits per byte, average, worst, and each run's
-median training tokens/s from its metrics.jsonl (the teacher's cost: the step-time ratio to alpha 0).
+median training tokens/s from its metrics.jsonl (the teacher's cost: the step-time ratio to alpha 0); then,
+because runs minutes apart on a shared machine see different loads, the same cost timed interleaved in one
+process (plain PyTorch, no DeepSpeed).
 """
 from __future__ import annotations
 
@@ -63,11 +65,47 @@ def tokens_per_s(run_dir: str) -> float:
     return float(statistics.median(r["tokens_per_s"] for r in recs if r["kind"] == "train" and r["step"] > 1))
 
 
+def interleaved_costs(student_dir: str, teacher_dir: str, prefix: str, domains: list, seq_length: int,
+                      rounds: int) -> dict:
+    """Seconds of the student's step work (forward, CE, backward) and of the teacher's extra work (no-grad
+    forward + KD forward/backward) on the same batch, alternated round by round in one process so that the
+    load of a shared machine hits both alike; medians over the rounds."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from megadrp.data import DomainMixtureSampler, load_domain_datasets
+    from megadrp.distill import kd_per_token
+    from megadrp.model import load_pretrained
+
+    student, teacher = load_pretrained(student_dir), load_pretrained(teacher_dir).requires_grad_(False)
+    sampler = DomainMixtureSampler(load_domain_datasets(prefix, domains, tokenizer=teacher_dir), seq_length, 2,
+                                   seed=11, rank=0, world_size=1)
+    tokens = sampler.next_batch()["tokens"]
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    out = {"student_s": [], "teacher_s": []}
+    for _ in range(rounds + 1):  # the first round warms up, not counted
+        t0 = time.perf_counter()
+        logits = student(x)
+        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward(retain_graph=True)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            t_logits = teacher(x)
+        kd_per_token(logits, t_logits).mean().backward()
+        t2 = time.perf_counter()
+        student.zero_grad(set_to_none=True)
+        out["student_s"].append(t1 - t0)
+        out["teacher_s"].append(t2 - t1)
+    return {k: float(statistics.median(v[1:])) for k, v in out.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     pl.add_common_args(p, "runs/experiment_distill", "configs/experiment_smollm2.yaml")
     p.add_argument("--steps", type=int, default=40, help="cpt steps of each arm")
     p.add_argument("--calibration-batches", type=int, default=4)
+    p.add_argument("--bench-rounds", type=int, default=5, help="rounds of the interleaved teacher-cost timing")
     args = p.parse_args(argv)
     domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
     pl.banner("the student: a direct cut of the source")
@@ -98,12 +136,17 @@ def main(argv=None) -> int:
     base = throughput[ALPHAS[0]]
     lines += ["", "| arm | median tokens/s | step time vs alpha 0 |", "|---|---:|---:|"]
     lines += [f"| alpha {a} | {t:.0f} | {base / t:.2f}x |" for a, t in throughput.items()]
+    pl.banner("the teacher's cost, interleaved in one process")
+    costs = interleaved_costs(student, args.model, prefixes["train"], domains, 256, args.bench_rounds)
+    lines += ["", f"interleaved, {args.bench_rounds} rounds, batch 2 x 256: student forward+CE+backward "
+              f"{costs['student_s']:.2f} s, teacher forward + KD {costs['teacher_s']:.2f} s: step time "
+              f"x{(costs['student_s'] + costs['teacher_s']) / costs['student_s']:.2f}"]
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.run_dir, "results.md"), "w", encoding="utf-8") as fh:
         fh.write(table + "\n")
     with open(os.path.join(args.run_dir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump({"bpb": rows, "tokens_per_s": throughput, "steps": args.steps}, fh, indent=2)
+        json.dump({"bpb": rows, "tokens_per_s": throughput, "interleaved_s": costs, "steps": args.steps}, fh, indent=2)
     return 0
 
 
