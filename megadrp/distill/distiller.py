@@ -31,7 +31,7 @@ class Distiller:
     def blend(self, lm_mean: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
         teacher_logits, self._teacher_logits = self._teacher_logits, None
         kd_tok = kd_per_token(student_logits, teacher_logits, self.temperature, self.top_k)
-        self._sum += kd_tok.detach().double().sum().cpu()
+        self._sum = self._sum.to(kd_tok.device) + kd_tok.detach().double().sum()  # no host sync per micro-batch
         self._count += kd_tok.numel()
         return (1.0 - self.alpha) * lm_mean + self.alpha * kd_tok.mean()
 
@@ -39,7 +39,8 @@ class Distiller:
         """The step's KD per token over all ranks and micro-batches; resets the accumulator."""
         from megadrp.trainer import dist
 
-        both = dist.all_reduce_sum(torch.stack([self._sum, torch.tensor(float(self._count), dtype=torch.float64)]))
+        count = torch.tensor(float(self._count), dtype=torch.float64, device=self._sum.device)
+        both = dist.all_reduce_sum(torch.stack([self._sum, count]))
         self._sum, self._count = torch.zeros((), dtype=torch.float64), 0
         return float(both[0] / both[1].clamp(min=1))
 
