@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megadrp", "megadrp.*"]),
     include_package_data=True,
+    package_data={"megadrp": ["ds_configs/*.json"]},  # recipes name ds_configs/NAME.json; resolved in the package
     install_requires=[
         "torch>=2.4,<3",
         "deepspeed>=0.19,<0.20",

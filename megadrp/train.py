@@ -61,16 +61,21 @@ def run(argv: list[str], mode: str | None = None) -> int:
         from megadrp.trainer.build import preflight
 
         plan = preflight(cfg)
+        from megadrp.distill import make_distiller, resolve_teacher
+
+        plan.teacher = resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if _is_main_env():
             print(f"megadrp {mode or 'train'}: {err}", file=sys.stderr)
         return 2
+    from megadrp.methods import get_mode
     from megadrp.trainer import Trainer, TrainingDiverged, dist
 
     dist.ensure_single_process_env()
     dist.init_distributed()
     try:
-        return Trainer(cfg, plan, resume=cfg.checkpoint.resume).setup().train()
+        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
+                       distiller=make_distiller).setup().train()
     except TrainingDiverged as err:
         if dist.is_main():
             print(f"megadrp: training diverged: {err}", file=sys.stderr, flush=True)

@@ -121,10 +121,23 @@ def test_shipped_recipes_load():
 @pytest.mark.parametrize("name", ["zero3_bf16.json", "zero3_bf16_offload.json", "zero2_bf16.json", "zero3_cpu.json"])
 def test_shipped_deepspeed_configs_resolve(name):
     precision = "fp32" if "cpu" in name else "bf16"
-    ds = check_deepspeed_json(os.path.join(ROOT, "ds_configs", name), OptimConfig(micro_batch_size=2,
+    ds = check_deepspeed_json(os.path.join(ROOT, "megadrp", "ds_configs", name), OptimConfig(micro_batch_size=2,
                               gradient_accumulation_steps=4), precision, world_size=8)
     assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"]["stage"] in (2, 3)
+
+
+def test_recipes_name_shipped_deepspeed_configs_from_any_directory(tmp_path, monkeypatch):
+    """`ds_configs/NAME.json` is package data: found from another working directory (and a wheel install)."""
+    monkeypatch.chdir(tmp_path)
+    ds = check_deepspeed_json("ds_configs/zero3_cpu.json", OptimConfig(micro_batch_size=2), "fp32", world_size=1)
+    assert ds["zero_optimization"]["stage"] == 3
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero3_cpu.json").write_text('{"zero_optimization": {"stage": 2}}')
+    ds = check_deepspeed_json("ds_configs/zero3_cpu.json", OptimConfig(micro_batch_size=2), "fp32", world_size=1)
+    assert ds["zero_optimization"]["stage"] == 2  # a file that exists where it is named wins
+    with pytest.raises(ConfigError, match="shipped with megadrp: ds_configs/zero2_bf16.json"):
+        check_deepspeed_json("ds_configs/nope.json", OptimConfig(), "fp32", world_size=1)
 
 
 def test_deepspeed_batch_mismatch_is_named(tmp_path):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from test_data_support import real_texts
 
-from megadrp.data.corpus_build import build_corpus, split_domain
-from megadrp.data.corpus_formats import fmt_fortune, html_to_text
-from megadrp.data.corpus_sources import load_sources
-from megadrp.data.roff import render_roff
+from megadrp.experiments.corpus_build import build_corpus, split_domain
+from megadrp.experiments.corpus_formats import fmt_fortune, html_to_text
+from megadrp.experiments.corpus_sources import load_sources
+from megadrp.experiments.roff import render_roff
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ["code", "legal", "manuals", "literature", "math", "multilingual"]

@@ -12,7 +12,7 @@ CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.f
 
 
 def spec_write(prefix, docs, dtype_code=8):
-    """Independent writer from the layout table in PEERS.md (struct + numpy, one sequence per document)."""
+    """Independent writer from Megatron-LM's MMapIndexedDataset layout (struct + numpy, one sequence per doc)."""
     dtype = np.dtype(CODES[dtype_code])
     sizes = [len(d) for d in docs]
     with open(f"{prefix}.bin", "wb") as f:

@@ -47,7 +47,7 @@ def _config(path: Path, max_steps: int) -> Path:
         "data": {"seq_length": 32},
         "dro": {"method": "drpruning", "update_interval": 2, "fit_in_background": False},
         "optim": {"max_steps": max_steps, "micro_batch_size": 2, "lr": 1e-3},
-        "deepspeed": {"config": str(REPO / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
+        "deepspeed": {"config": str(REPO / "megadrp" / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
         "checkpoint": {"save_interval": max_steps},
         "logging": {"log_interval": 1, "wandb_mode": "disabled"},
     }
@@ -105,6 +105,7 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
             assert r["bits_per_byte"] > 0
     assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
     assert "| source | pruned |" in (run_dir / "eval.md").read_text()
+    assert "| **average** |" in (run_dir / "export" / "README.md").read_text()  # eval --update-card
     # 5: the report: a summary and the plots
     report = run_dir / "report"
     assert (report / "summary.md").read_text().strip()

@@ -76,20 +76,23 @@ def test_preflight_names_a_bad_teacher(ws):
     from tiny_models import make_tiny_hf_model
 
     from megadrp.config import ConfigError, load_config
+    from megadrp.distill import resolve_teacher
     from megadrp.trainer.build import preflight
 
     tmp = ws["tmp"]
 
-    def plan(teacher, mode="cpt"):
+    def teacher_of(teacher, mode="cpt"):  # the pre-flight of train.py: the run's plan, then its teacher
         config = write_config(tmp, ws, tmp / "pf", mode=mode, distill={"alpha": 0.5, "teacher": str(teacher)},
                               dress={"regularize_steps": 4})
-        return preflight(load_config(str(config)), world_size=2)
+        cfg = load_config(str(config))
+        plan = preflight(cfg, world_size=2)
+        return resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
 
     with pytest.raises(ConfigError, match="no config.json"):
-        plan(tmp / "nowhere")
+        teacher_of(tmp / "nowhere")
     other_vocab = make_tiny_hf_model(tmp, vocab_size=384, name="teacher_v384")
     with pytest.raises(ConfigError, match=f"vocabulary of 384 logits.*{ws['model']}.* 512"):
-        plan(other_vocab)
+        teacher_of(other_vocab)
     # Same size, other tokenizer: two ids swapped.
     swapped = tmp / "teacher_swapped"
     shutil.copytree(ws["model"], swapped)
@@ -99,11 +102,11 @@ def test_preflight_names_a_bad_teacher(ws):
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (swapped / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ConfigError, match=f"teacher_swapped.*different tokenizer.*{ws['model']}"):
-        plan(swapped)
-    spec = plan(ws["model"]).teacher
+        teacher_of(swapped)
+    spec = teacher_of(ws["model"])
     assert spec.kind == "frozen" and spec.path == ws["model"]
-    assert plan("", mode="prune").teacher.kind == "self"
-    assert plan("", mode="dress").teacher.path == ws["model"]  # dress: a frozen copy of the source
+    assert teacher_of("", mode="prune").kind == "self"
+    assert teacher_of("", mode="dress").path == ws["model"]  # dress: a frozen copy of the source
 
 
 # ---- runs ---------------------------------------------------------------------------------------------------

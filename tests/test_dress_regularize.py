@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from megadrp.config.schema import TargetShape
-from megadrp.dress.loop import mean_loss, train_steps
-from megadrp.dress.prune import export_pruned, pruned_copy
+from megadrp.dress.cut import export_pruned, pruned_copy
 from megadrp.dress.regularizer import DressRegularizer
 from megadrp.dress.scoring import score_units
 from megadrp.dress.select import check_selection, select_units
+from megadrp.experiments.dress_loop import mean_loss, train_steps
 from megadrp.model import MaskedCausalLM, get_family
 
 FAM = get_family("llama")

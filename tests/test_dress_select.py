@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from megadrp.config.schema import TargetShape
-from megadrp.dress.prune import pruned_copy
-from megadrp.dress.schedule import penalty_coefficient
+from megadrp.dress.cut import pruned_copy
+from megadrp.dress.regularizer import penalty_coefficient
 from megadrp.dress.select import check_selection, keep_indices, select_units, target_counts
 from megadrp.dress.units import coupled_slices
 from megadrp.export import achieved_shape

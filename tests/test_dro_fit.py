@@ -33,11 +33,15 @@ def test_recovers_cpt_law_without_sparsity_term():
     assert law.beta == 0.0 and abs(law.alpha - 0.35) < 0.03 and abs(law.E - 1.8) < 0.05
 
 
-def test_prediction_clipped_to_lowest_observed_and_too_few_points():
+def test_prediction_capped_above_at_lowest_observed_and_too_few_points():
     d = np.geomspace(1e6, 1e8, 10)
     l = 100 * d ** -0.3 + 2.0
-    true = 100 * 1e9 ** -0.3 + 2.0  # 2.20, below every observed loss (lowest 2.40)
-    assert predict_reference(d, l, None, end_tokens=1e9, end_kept=None) == l.min()
-    pred = predict_reference(d, l, None, end_tokens=1e9, end_kept=None, lowest_observed=2.0)
-    assert abs(pred - true) < 1e-3
+    true = 100 * 1e9 ** -0.3 + 2.0  # 2.20, below every observed loss (lowest 2.40): the prediction stands
+    assert abs(predict_reference(d, l, None, end_tokens=1e9, end_kept=None) - true) < 1e-3
+    # A loss rising with sparsity (pruning) extrapolates above what was seen: capped at the lowest observed.
+    kept = np.linspace(1.0, 0.6, 10)
+    rising = 100 * d ** -0.3 * kept ** -3.0 + 2.0
+    pred = predict_reference(d, rising, kept, end_tokens=1e9, end_kept=0.3)
+    assert pred == rising.min()
+    assert predict_reference(d, l, None, end_tokens=1e9, end_kept=None, lowest_observed=2.1) == 2.1
     assert fit_scaling_law(d[:3], l[:3]) is None

@@ -80,7 +80,12 @@ def test_drpruning_measured_references_replace_first_observations():
     np.testing.assert_allclose(rw.last_excess, [1.0, 2.0, 0.5])
     given = make_reweighter(cfg, DOMAINS, COUNTS, 100, reference_losses=[1.0, 1.0, 1.0])
     assert not given.needs_reference_losses()
-    assert not make_reweighter(DroConfig(method="sheared"), DOMAINS, COUNTS, 100).needs_reference_losses()
+    # Sheared-LLaMA's rule gets the same measured held-out references (it has no fit of its own).
+    sheared = make_reweighter(DroConfig(method="sheared"), DOMAINS, COUNTS, 100)
+    assert sheared.needs_reference_losses() and sheared.uses_heldout_losses and not rw.uses_heldout_losses
+    sheared.set_reference_losses([2.0, 1.0, 3.0])
+    np.testing.assert_allclose(sheared.ref, [2.0, 1.0, 3.0])
+    assert not make_reweighter(DroConfig(method="constant"), DOMAINS, COUNTS, 100).needs_reference_losses()
 
 
 def test_drpruning_all_negative_excess_scales_references():

@@ -10,8 +10,7 @@ from test_eval_fixtures import MULTI, TEXTS, build_model_folder, build_tokenizer
 
 from megadrp.eval import loading
 from megadrp.eval.domain_eval import evaluate_domains, evaluate_models
-from megadrp.eval.heldout import load_heldout
-from megadrp.eval.windows import _token_bytes
+from megadrp.eval.windows import _token_bytes, load_heldout
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +112,7 @@ def test_max_bytes_caps_each_domain(tmp_path):
     assert sum(len(t.encode()) for t in texts["multi"]) <= 20 and MULTI.startswith(texts["multi"][0])
 
 
-def test_checkpoint_without_export_says_what_to_run(tmp_path, monkeypatch):
-    ckpt = tmp_path / "run" / "checkpoints" / "step_10"
-    ckpt.mkdir(parents=True)
-    (ckpt / "megadrp_state.pt").write_bytes(b"")
-    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_10")
-    monkeypatch.setattr(loading, "_export_function", lambda: None)
-    for path in (ckpt, tmp_path / "run"):
-        with pytest.raises(RuntimeError, match="megadrp export"):
-            loading.resolve_model_dir(path, tmp_path / "scratch")
+def test_a_folder_that_is_neither_model_nor_checkpoint_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither"):
         loading.resolve_model_dir(tmp_path, tmp_path / "scratch")
 
@@ -141,7 +132,9 @@ def test_checkpoint_is_exported_then_evaluated(tmp_path, tiny, monkeypatch):
         calls.append(src)
         shutil.copytree(folder, out, dirs_exist_ok=True)
 
-    monkeypatch.setattr(loading, "_export_function", lambda: fake_export)
+    import megadrp.export.api
+
+    monkeypatch.setattr(megadrp.export.api, "export_checkpoint", fake_export)
     res = evaluate_domains(str(tmp_path / "run"), None, TEXTS, seq_length=16, max_windows=1, device="cpu")
     assert calls == [str(ckpt)]
     base = evaluate_domains(model, tok, TEXTS, seq_length=16, max_windows=1)

@@ -60,35 +60,42 @@ def test_exported_logits_equal_masked_logits(tmp_path, family, heads, kv_heads, 
     with torch.no_grad():
         want = model(ids, masks)
         got = hf(ids).logits
-    assert (got - want).abs().max().item() <= 1e-4
+    assert (got - want).abs().max().item() <= (1e-6 if tied else 1e-4)
     assert want.abs().max().item() > 1e-2  # a real signal, not two zero tensors
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["head_dim"] == 16 and cfg["hidden_size"] == resolved.hidden_size
     assert cfg["num_key_value_heads"] == resolved.num_key_value_heads
     assert cfg["num_attention_heads"] == resolved.num_attention_heads
-    # A tied source is untied: the hidden mask scales the embedding, never the (unmasked) LM head.
-    assert cfg["tie_word_embeddings"] is False
-    expected = resolved.replace(tie_word_embeddings=False).num_params()
+    # A tied source exports tied: the final norm's z_hidden is folded into the shared embedding.
+    assert cfg["tie_word_embeddings"] is tied
+    assert ("lm_head.weight" in dict(hf.named_parameters())) is not tied
+    expected = resolved.replace(tie_word_embeddings=tied).num_params()
     assert sum(p.numel() for p in hf.parameters()) == expected
     assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
     card = (out / "README.md").read_text()
-    assert "base_model" not in card or "tiny" not in card  # a local path is no Hub id
+    assert f"base_model: {src.name}" in card and str(tmp_path) not in card  # a folder name, never a local path
     assert f"{expected:,}" in card
 
 
-def test_lm_head_sliced_not_scaled(tmp_path):
-    """The reference code folded z_hidden into the LM head a second time; here it is only sliced."""
-    src = make_tiny_hf_model(tmp_path, "llama", tie_word_embeddings=True, seed=1)
+@pytest.mark.parametrize("tied", [False, True])
+def test_z_hidden_enters_the_logits_once(tmp_path, tied):
+    """The reference code folded z_hidden into the LM head a second time. Untied: the head is only sliced and
+    the final norm carries z_hidden; tied: the shared embedding carries it and the final norm is only sliced."""
+    src = make_tiny_hf_model(tmp_path, "llama", tie_word_embeddings=tied, seed=1)
     model = load_pretrained(src)
     target = resolve_target(model.shape, TargetShape(hidden_size=40))
     masks = {"hidden": deterministic(torch.randn(64, generator=torch.Generator().manual_seed(2)), 24)}
     sd, achieved = prune_state_dict(model.state_dict(), model.shape, "llama", masks)
     kept = torch.nonzero(masks["hidden"]).flatten()
-    emb = model.state_dict()["embed_tokens.weight"]
-    assert torch.equal(sd["lm_head.weight"], emb[:, kept])
-    torch.testing.assert_close(sd["model.embed_tokens.weight"], emb[:, kept] * masks["hidden"][kept])
-    assert achieved.hidden_size == target.hidden_size and not achieved.tie_word_embeddings
+    z, msd = masks["hidden"][kept], model.state_dict()
+    emb, norm = msd["embed_tokens.weight"], msd["norm.weight"]
+    torch.testing.assert_close(sd["model.embed_tokens.weight"], emb[:, kept] * z)
+    torch.testing.assert_close(sd["model.norm.weight"], norm[kept] * (1.0 if tied else z))
+    assert ("lm_head.weight" in sd) is not tied
+    if not tied:
+        assert torch.equal(sd["lm_head.weight"], msd["lm_head.weight"][:, kept])
+    assert achieved.hidden_size == target.hidden_size and achieved.tie_word_embeddings is tied
 
 
 def test_keep_indices_keep_tied_embeddings(tmp_path):

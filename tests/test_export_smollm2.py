@@ -47,6 +47,6 @@ def test_smollm2_slice_export_matches_masked_model(tmp_path):
     assert (got - want).abs().max().item() <= 1e-4
     c = hf.config
     assert (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size,
-            c.num_hidden_layers, c.tie_word_embeddings) == (384, 6, 2, 64, 1024, 3, False)
-    expected = shape.replace(**target, tie_word_embeddings=False).num_params()
+            c.num_hidden_layers, c.tie_word_embeddings) == (384, 6, 2, 64, 1024, 3, True)
+    expected = shape.replace(**target).num_params()  # SmolLM2 is tied and its export stays tied
     assert sum(p.numel() for p in hf.parameters()) == expected

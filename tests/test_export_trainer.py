@@ -1,5 +1,6 @@
 """End to end with the real trainer: `megadrp prune` (ZeRO-3, 1 rank, 2 steps) writes a checkpoint, `megadrp export`
-turns it into a folder whose logits in stock transformers equal the trained masked model's deterministic-mask logits.
+turns it into a folder whose logits in stock transformers equal the trained masked model's deterministic-mask logits,
+and whose tokenizer keeps the source's chat template and generation config with the source folder gone.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def test_trainer_checkpoint_exports_to_the_masked_model(tmp_path):
     from megadrp.model import MaskedCausalLM, ModelShape
 
     ws = make_workspace(tmp_path)
+    template = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}<|endoftext|>{% endfor %}"
+    (Path(ws["model"]) / "chat_template.jinja").write_text(template)  # an Instruct-style source
     cfg = write_config(tmp_path, ws, tmp_path / "run", optim={"max_steps": 2, "micro_batch_size": 2,
                                                                "gradient_accumulation_steps": 1, "lr": 1e-3},
                        checkpoint={"save_interval": 2, "keep_last": 1})
@@ -28,6 +31,7 @@ def test_trainer_checkpoint_exports_to_the_masked_model(tmp_path):
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
+    Path(ws["model"]).rename(tmp_path / "source_moved")  # the checkpoint alone carries tokenizer and template
     out = tmp_path / "export"
     assert main(["export", str(tmp_path / "run"), "--output", str(out), "--dtype", "float32", "--no-progress"]) == 0
     sd, state = load_checkpoint_for_export(tmp_path / "run")
@@ -42,5 +46,11 @@ def test_trainer_checkpoint_exports_to_the_masked_model(tmp_path):
     c = hf.config
     assert (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size,
             c.num_hidden_layers) == (48, 2, 1, 64, 3)
+    from transformers import AutoTokenizer
+
+    chat = AutoTokenizer.from_pretrained(out).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "<s>user: hi<|endoftext|>"
+    gen = "generation_config.json"
+    assert (out / gen).read_bytes() == (tmp_path / "source_moved" / gen).read_bytes()
     card = (Path(out) / "README.md").read_text()
     assert "Checkpoint step: 2" in card and "| prose |" in card and "| code |" in card

@@ -58,7 +58,7 @@ def _write_checkpoint(src: str, run_dir: str, masks_file: str) -> None:
         cfg.pruning.target = TargetShape(**TARGET)
         cfg.data.domains = ["web", "code"]
         state = {"step": 1, "mode": "prune", "config": to_dict(cfg), "family": "llama",
-                 "source_shape": shape.to_dict(), "masks": maskset.state_dict(), "lagrangian": {},
+                 "source_shape": shape.to_dict(), "mode_state": {"masks": maskset.state_dict(), "lagrangian": {}},
                  "reweighter": {}, "sampler": {}, "rng": {}, "tokens_seen": 16,
                  "domain_weights": torch.tensor([0.75, 0.25]), "wandb_run_id": None}
         torch.save(state, ckpt_root / "step_1" / "megadrp_state.pt")
@@ -184,7 +184,7 @@ def test_refuses_masks_that_cannot_reach_the_target(runs, tmp_path):
     bad = tmp_path / "bad" / "checkpoints" / "step_1"
     shutil.copytree(run1 / "checkpoints" / "step_1", bad)
     state = torch.load(bad / "megadrp_state.pt", weights_only=False)
-    del state["masks"]["log_alpha.hidden"]  # a family the target needs is missing
+    del state["mode_state"]["masks"]["log_alpha.hidden"]  # a family the target needs is missing
     torch.save(state, bad / "megadrp_state.pt")
     with pytest.raises(ExportError, match=r"hidden_size: target 48 of the source's 64 needs a 'hidden' mask"):
         export_checkpoint(bad, tmp_path / "never", progress=False)

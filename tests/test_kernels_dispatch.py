@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megadrp.experiments import hard_mask_ops as hard
 from megadrp.kernels import backend as kb
-from megadrp.kernels import hard, ops, reference
+from megadrp.kernels import ops, reference
 
 
 def test_backend_switch_and_errors():

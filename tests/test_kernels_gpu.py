@@ -5,7 +5,8 @@ Relative L2 error under 1e-2 (bf16 operands land between 1e-3 and 1e-2); odd siz
 import pytest
 import torch
 
-from megadrp.kernels import hard, ops, reference
+from megadrp.experiments import hard_mask_ops as hard
+from megadrp.kernels import ops, reference
 from megadrp.kernels.backend import backend
 
 pytestmark = pytest.mark.gpu

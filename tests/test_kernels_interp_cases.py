@@ -13,7 +13,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 import torch  # noqa: E402
 
-from megadrp.kernels import hard, ops, reference  # noqa: E402
+from megadrp.experiments import hard_mask_ops as hard
+from megadrp.kernels import ops, reference  # noqa: E402
 from megadrp.kernels.backend import backend  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3}  # relative L2 error (fp16 vs the fp32 reference)

@@ -69,7 +69,7 @@ def test_binary_masks_equal_sliced_hf_model(tmp_path, family, heads, kv):
                       intermediate_size=80, hidden_size=40)
     fam = get_family(family)
     hf = getattr(transformers, fam.architecture)(getattr(transformers, fam.config_class)(
-        **small.to_hf_config_dict(family))).eval()
+        **fam.hf_config_dict(small))).eval()
     hf.load_state_dict(_slice_hf(read_hf_state_dict(path), s, keep_layers, keep_groups, keep_int, keep_d))
     ids = torch.randint(0, 512, (2, 13), generator=g)
     with torch.no_grad():

@@ -111,7 +111,7 @@ def test_config_round_trip_through_transformers(family):
 
     fam = get_family(family)
     shape = fam.debug_shape.replace(hidden_size=48)  # head_dim stays 16 though 48 / 4 heads = 12
-    cfg = getattr(transformers, fam.config_class)(**shape.to_hf_config_dict(family))
+    cfg = getattr(transformers, fam.config_class)(**fam.hf_config_dict(shape))
     assert cfg.model_type == fam.model_type and cfg.head_dim == 16
     again = ModelShape.from_hf_config(cfg)
     assert again.replace(extra={}) == shape.replace(extra={})

@@ -64,7 +64,7 @@ def write_config(tmp: Path, ws: dict, run_dir: Path, mode: str = "prune", **sect
         "data": {"prefix": ws["prefix"], "eval_prefix": "", "domains": list(DOMAIN_TEXT), "seq_length": 32},
         "dro": {"method": "drpruning", "update_interval": 3, "fit_in_background": False},
         "optim": {"max_steps": 12, "micro_batch_size": 2, "gradient_accumulation_steps": 2, "lr": 1e-3},
-        "deepspeed": {"config": str(REPO / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
+        "deepspeed": {"config": str(REPO / "megadrp" / "ds_configs" / "zero3_cpu.json"), "precision": "fp32"},
         "checkpoint": {"save_interval": 4, "keep_last": 2},
         "logging": {"log_interval": 1, "wandb_mode": "disabled"},
     }
@@ -108,7 +108,7 @@ def read_metrics(run_dir: Path, kind: str = "train") -> list:
 
 # ---- pure functions of the trainer ------------------------------------------------------------------------
 def test_schedule_warmup_then_cosine_to_floor():
-    from megadrp.trainer.schedule import lr_at
+    from megadrp.trainer.lr_schedule import lr_at
 
     lrs = [lr_at(s, 100, 1e-3, warmup_steps=10, min_lr_ratio=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)

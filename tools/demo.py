@@ -1,7 +1,7 @@
 """`make demo`: prune the real SmolLM2-135M on the real six-domain corpus, export, evaluate, report.
 
 Every stage runs the `megadrp` subcommand a user would, and is skipped when its output is already complete
-(see megadrp/pipeline.py), so a second `make demo` only prints where everything is. The model and the corpus
+(see megadrp/experiments/pipeline.py), so a second `make demo` only prints where everything is. The model and the corpus
 are made and cached by `make model` / `make corpus` before this script runs.
 
     python tools/demo.py --model .cache/models/smollm2-135m --corpus .cache/corpus --run-dir runs/demo
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import yaml  # noqa: E402
 
-from megadrp import pipeline as pl  # noqa: E402
+from megadrp.experiments import pipeline as pl  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megadrp import pipeline as pl  # noqa: E402
+from megadrp.experiments import pipeline as pl  # noqa: E402
 
 ALPHAS = ("0", "0.5", "1.0")
 TARGET = {"hidden_size": 384, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 1024,
@@ -41,7 +41,7 @@ def direct_cut(model: str, prefix: str, domains: list, out_dir: str, batches: in
 
     from megadrp.config.schema import TargetShape
     from megadrp.data import DomainMixtureSampler, load_domain_datasets
-    from megadrp.dress.prune import export_pruned
+    from megadrp.dress.cut import export_pruned
     from megadrp.dress.scoring import score_units
     from megadrp.dress.select import select_units
     from megadrp.model import load_pretrained, read_shape

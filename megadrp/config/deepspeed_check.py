@@ -10,8 +10,24 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 from megadrp.config.schema import ConfigError
+
+#: The DeepSpeed JSONs shipped with megadrp (package data: present in a source checkout and a wheel alike).
+SHIPPED_DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
+
+
+def resolve_ds_config_path(path: str) -> str:
+    """The file a ``deepspeed.config`` names: the path itself (absolute, or from the working directory) when it
+    exists, else for ``ds_configs/NAME.json`` (or a bare ``NAME.json``) the shipped megadrp/ds_configs/NAME.json,
+    so recipes work from any directory and from an installed wheel."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return path
+    if p.parent in (Path("."), Path("ds_configs")) and (SHIPPED_DS_CONFIGS / p.name).is_file():
+        return str(SHIPPED_DS_CONFIGS / p.name)
+    return path
 
 
 def resolve_precision(requested: str, device_type: str) -> str:
@@ -40,9 +56,11 @@ def check_deepspeed_json(path_or_dict, optim, precision: str, world_size: int) -
     if isinstance(path_or_dict, dict):
         ds, src = copy.deepcopy(path_or_dict), "<dict>"
     else:
-        src = path_or_dict
+        src = resolve_ds_config_path(path_or_dict)
         if not os.path.exists(src):
-            raise ConfigError("deepspeed.config", src, "file not found; the shipped ones are in ds_configs/")
+            shipped = ", ".join(f"ds_configs/{p.name}" for p in sorted(SHIPPED_DS_CONFIGS.glob("*.json")))
+            raise ConfigError("deepspeed.config", src, f"file not found (relative paths start from the working "
+                                                       f"directory); shipped with megadrp: {shipped}")
         with open(src, encoding="utf-8") as fh:
             try:
                 ds = json.load(fh)

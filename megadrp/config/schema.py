@@ -89,6 +89,13 @@ class PruningConfig:
     protect_massive_dims: float = opt(
         10.0, "Never mask hidden dims whose residual-stream RMS on a calibration batch exceeds this multiple of "
         "the median (massive activations; 0 disables). See megadrp/masks/outliers.py.")
+    controller: str = opt(
+        "tracking", "How expected sparsity follows its target: 'tracking' (exact per-step projection, lambda1 "
+        "prices units; meets the target in runs of any length) or 'reference' (Sheared-LLaMA's Lagrangian "
+        "dynamics, overshoots in short runs). See megadrp/masks/controller.py.", choices=("tracking", "reference"))
+    side_lr_schedule: str = opt(
+        "weights", "LR schedule of the mask and multiplier groups: 'weights' (the weights' warm-up + cosine, as "
+        "the reference) or 'constant'.", choices=("weights", "constant"))
 
     def check(self, prefix: str = "pruning"):
         self.target.check(f"{prefix}.target")
@@ -123,6 +130,10 @@ class DroConfig:
     temperature: float = opt(0.3, "Exponent of temperature sampling when initial_ratio = 'temperature'.")
     reference_losses: list = opt(None, "Per-domain reference losses; empty measures the source model's loss at start.",
                                  factory=list)
+    family_params: list = opt(None, "Parameter counts of >= 3 models of the source's family, for initial "
+                              "reference losses fitted over sizes (megadrp/dro/family_reference.py).", factory=list)
+    family_losses: list = opt(None, "Per model of family_params, one held-out loss per domain (data.domains order).",
+                              factory=list)
     rho: float = opt(0.1, "Radius of the chi-square ball around the reference ratio (DRPruning).")
     min_ratio: float = opt(0.2, "Floor on q_i / p_i (DRPruning's likelihood-ratio floor).")
     ema: float = opt(0.1, "EMA factor of the per-domain training loss (DRPruning).")
@@ -314,6 +325,9 @@ class RunConfig:
         if self.dro.reference_losses and self.data.domains and len(self.dro.reference_losses) != len(self.data.domains):
             raise ConfigError("dro.reference_losses", self.dro.reference_losses,
                               f"needs one loss per domain of data.domains ({len(self.data.domains)})")
+        if len(self.dro.family_params) != len(self.dro.family_losses):
+            raise ConfigError("dro.family_losses", self.dro.family_losses,
+                              f"needs one row per model of dro.family_params ({len(self.dro.family_params)})")
         if self.mode == "dress" and self.dress.regularize_steps > self.optim.max_steps:
             raise ConfigError("dress.regularize_steps", self.dress.regularize_steps,
                               f"exceeds optim.max_steps ({self.optim.max_steps}): the penalty would stop short of "

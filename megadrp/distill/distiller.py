@@ -18,8 +18,9 @@ from megadrp.distill.teacher import FrozenTeacher, SelfTeacher
 
 
 class Distiller:
-    def __init__(self, teacher, alpha: float, temperature: float, top_k: int):
+    def __init__(self, teacher, alpha: float, temperature: float, top_k: int, group=None):
         self.teacher, self.alpha, self.temperature, self.top_k = teacher, alpha, temperature, top_k
+        self.group = group  # the trainer's DataParallelGroup (None: this process alone)
         self._sum = torch.zeros((), dtype=torch.float64)
         self._count = 0
         self._teacher_logits: Optional[torch.Tensor] = None
@@ -37,10 +38,10 @@ class Distiller:
 
     def step_mean(self) -> float:
         """The step's KD per token over all ranks and micro-batches; resets the accumulator."""
-        from megadrp.trainer import dist
-
         count = torch.tensor(float(self._count), dtype=torch.float64, device=self._sum.device)
-        both = dist.all_reduce_sum(torch.stack([self._sum, count]))
+        both = torch.stack([self._sum, count])
+        if self.group is not None:
+            both = self.group.all_reduce_sum(both)
         self._sum, self._count = torch.zeros((), dtype=torch.float64), 0
         return float(both[0] / both[1].clamp(min=1))
 
@@ -55,4 +56,4 @@ def make_distiller(trainer) -> Optional[Distiller]:
         teacher = SelfTeacher(trainer.engine)
     else:
         teacher = FrozenTeacher(spec, trainer.plan, trainer.cfg.model, trainer.device)
-    return Distiller(teacher, d.alpha, d.temperature, d.top_k)
+    return Distiller(teacher, d.alpha, d.temperature, d.top_k, group=trainer.group)

@@ -1,4 +1,4 @@
-"""DReSS: select units up front, regularise them towards zero, prune through export, finetune (METHOD.md 3).
+"""DReSS: select units up front, regularise them towards zero, prune through export, finetune (docs/DRESS.md).
 
 - ``scoring.score_units``: importance on calibration batches (activation, taylor, magnitude; layers by 1 - cos).
 - ``select.select_units``: exact 0/1 keep masks for a target shape (per-layer heads/channels, global dims/layers).
@@ -6,7 +6,7 @@
   penalty (forward hooks); ``regularizer.DressRegularizer`` adds the geometric coefficient schedule.
 - ``prune.prune_dense_state_dict``: the cut, through megadrp.export, with the RMSNorm correction for hidden dims.
 """
-from megadrp.dress.prune import prune_dense_state_dict, prune_model, pruned_copy
+from megadrp.dress.cut import prune_dense_state_dict, prune_model, pruned_copy
 from megadrp.dress.regularizer import DressRegularizer
 from megadrp.dress.scoring import CRITERIA, score_units
 from megadrp.dress.select import check_selection, keep_indices, select_units, target_counts

@@ -5,8 +5,8 @@
     reg.after_step(step)                                      # after the optimizer step (proximal mode)
     reg.metrics(step)                                         # selected-slice norms, coefficient, penalty
 
-Both the DeepSpeed trainer's dress mode (megadrp.dress.mode) and the plain-torch loop (megadrp.dress.loop,
-tests and CPU experiments) go through this class, so they regularise identically.
+Both the DeepSpeed trainer's dress mode (megadrp.methods.dress) and the plain-torch loop
+(megadrp.experiments.dress_loop, tests and CPU experiments) go through this class, so they regularise identically.
 """
 from __future__ import annotations
 
@@ -15,8 +15,22 @@ from typing import Mapping, Optional
 import torch
 
 from megadrp.dress.penalty import SlicePenalty
-from megadrp.dress.schedule import penalty_coefficient
 from megadrp.dress.units import coupled_slices
+
+
+def penalty_coefficient(step: int, total_steps: int, init: float, final: float) -> float:
+    """Coefficient at 0-based ``step`` of ``total_steps``: init at step 0, final at the last step and after.
+
+    Geometric growth, because the LM loss must first move the selected units' information elsewhere (small
+    coefficient, the penalty barely bends the loss surface) and only at the end be overruled (large
+    coefficient, the slices are pinned near zero); a linear ramp spends most steps near the final value.
+    """
+    if init <= 0 or final <= 0:
+        raise ValueError(f"penalty coefficients must be > 0 (init={init}, final={final})")
+    if total_steps <= 1 or step >= total_steps - 1:
+        return float(final)
+    frac = max(step, 0) / (total_steps - 1)
+    return float(init * (final / init) ** frac)
 
 
 def hf_to_model_names(model) -> dict[str, str]:

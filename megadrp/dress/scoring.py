@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from megadrp.dress.units import coupled_slices, slice_stats
 from megadrp.kernels import ops
+from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.model.rope import apply_rope
 
 CRITERIA = ("activation", "taylor", "magnitude")
@@ -156,7 +157,7 @@ def score_units(model, batches: Iterable[torch.Tensor], criterion: str = "activa
                 if criterion == "taylor":
                     model.zero_grad(set_to_none=True)
                     logits = model(inputs)
-                    F.cross_entropy(logits.float().flatten(0, 1), labels.flatten()).backward()
+                    token_cross_entropy(logits, labels).mean().backward()
                     with torch.no_grad():
                         wg = {k: (p.detach() * p.grad).abs() for k, p in params.items() if p.grad is not None}
                         for k, v in _unit_sums(model, wg, shape).items():

@@ -12,42 +12,19 @@ from typing import Mapping, Optional
 
 import torch
 
-FAMILIES = ("layer", "head", "intermediate", "hidden")
+from megadrp.masks.target import resolve_target
+from megadrp.model.units import unit_counts
 
 
 def target_counts(source, target) -> dict[str, int]:
     """Units kept per family (per layer for head/intermediate) for a target shape; only shrinking families.
 
-    ``source`` is a ModelShape, ``target`` anything with the TargetShape fields (None = keep the source's).
-    Raises ValueError for a target that grows a family, or that breaks the GQA ratio.
+    ``source`` is a ModelShape, ``target`` a TargetShape (None = keep the source's). The target is resolved
+    by megadrp.masks' rules (whole KV groups, the source's query heads per group, sizes within the source),
+    so DReSS and the learned masks accept exactly the same targets; a bad one raises ConfigError (a ValueError).
     """
-    def want(name):
-        value = getattr(target, name, None)
-        return getattr(source, name) if value is None else int(value)
-
-    h, g = source.num_attention_heads, source.num_key_value_heads
-    h_t, g_t = want("num_attention_heads"), getattr(target, "num_key_value_heads", None)
-    if g_t is None:  # only H' given: whole groups go, so G' follows from the group size
-        if h_t * g % h != 0:
-            raise ValueError(f"target num_attention_heads={h_t} is not a whole number of KV groups "
-                             f"({h // g} query heads per group)")
-        g_t = h_t * g // h
-    g_t = int(g_t)
-    if h_t * g != g_t * h:
-        raise ValueError(f"target heads {h_t}/{g_t} (query/KV) must keep the source's {h // g} query heads per KV "
-                         "group: DReSS removes whole KV groups")
-    wanted = {"layer": want("num_hidden_layers"), "head": g_t,
-              "intermediate": want("intermediate_size"), "hidden": want("hidden_size")}
-    sizes = source_sizes(source)
-    for name, n in wanted.items():
-        if not 0 < n <= sizes[name]:
-            raise ValueError(f"target keeps {n} units of '{name}', the source has {sizes[name]}: need 0 < n <= source")
-    return {name: n for name, n in wanted.items() if n < sizes[name]}
-
-
-def source_sizes(source) -> dict[str, int]:
-    return {"layer": source.num_hidden_layers, "head": source.num_key_value_heads,
-            "intermediate": source.intermediate_size, "hidden": source.hidden_size}
+    have, keep = unit_counts(source), unit_counts(resolve_target(source, target))
+    return {name: n for name, n in keep.items() if n < have[name]}
 
 
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -103,7 +80,7 @@ def keep_indices(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def check_selection(masks: Mapping[str, torch.Tensor], source, target) -> Optional[str]:
     """None if the masks match the target counts exactly, else a message naming the mismatch."""
     counts = target_counts(source, target)
-    sizes = source_sizes(source)
+    sizes = unit_counts(source)
     if set(masks) != set(counts):
         return f"masks cover {sorted(masks)}, the target shrinks {sorted(counts)}"
     for name, keep in counts.items():

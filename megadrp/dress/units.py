@@ -1,4 +1,4 @@
-"""The coupled parameter slices of the selected units (PEERS.md, "Coupled channel groups"), in HF names.
+"""The coupled parameter slices of the selected units (docs/DRESS.md; the unit table: megadrp.model.units).
 
 A unit is what a mask family gates: a KV group (its q/k/v rows, its o_proj columns), an FFN channel (rows of
 gate/up, the column of down), a hidden dim (the column of every input projection, the row of every output

@@ -100,12 +100,23 @@ class DomainReweighter(ABC):
         self.last_step = int(step)
         self._observe(step, *mean_losses(loss_sum, count))
 
+    #: True for a rule that reads held-out losses at each update (Sheared-LLaMA): the trainer then runs its
+    #: held-out evaluation at the rule's update steps and passes the result as ``eval_losses``.
+    uses_heldout_losses = False
+
     def needs_reference_losses(self) -> bool:
-        """True for a rule that measures excess loss and was given no per-domain references."""
-        return False
+        """True for a rule that measures excess loss (it has ``ref``) and was given no per-domain references."""
+        ref = getattr(self, "ref", None)
+        return ref is not None and bool(np.all(np.isnan(ref)))
 
     def set_reference_losses(self, losses: Sequence[float]) -> None:
-        raise NotImplementedError(f"the {self.name} rule has no reference losses")
+        """The initial l_ref (e.g. the starting model's own held-out loss per domain, measured by the trainer)."""
+        if getattr(self, "ref", None) is None:
+            raise NotImplementedError(f"the {self.name} rule has no reference losses")
+        losses = np.asarray(losses, dtype=np.float64)
+        if losses.shape != self.ref.shape or not np.all(np.isfinite(losses)):
+            raise ValueError(f"need one finite reference loss per domain ({self.num_domains}), got {losses}")
+        self.ref = losses.copy()
 
     def _observe(self, step: int, mean: np.ndarray, present: np.ndarray):
         """Per-step hook of a rule (mean is 0 where present is False)."""

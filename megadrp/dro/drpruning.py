@@ -1,23 +1,30 @@
 """DRPruning's rule: chi-square DRO over per-domain excess loss, with a dynamic reference loss and ratio.
 
-Per step: an EMA (factor ``ema``, new observation weighted ``ema``) of each domain's training loss,
-started from the domain's first observation (not 0). Per update: excess r = l_hat - l_ref; q = the
-chi-square-ball worst case around the reference ratio p (``chi2_dro_weights``), floored at
-q_i >= min_ratio p_i. If every r < 0, the references are scaled by 0.9, 0.8, ... (for this update only)
-until some r > 0. A domain never observed yet gets the p-weighted mean excess of the others (neutral).
+Per step: an EMA (factor ``ema`` per step) of each domain's training loss, started from the domain's first
+observation (not 0). The EMA is per *step*, not per observation: a domain last seen ``a`` steps ago weighs
+its new observation ``1 - (1 - ema)^a``, as if the new value had held over the steps it was not sampled.
+Per observation (the reference), a domain sampled one step in eight at the 0.2 p floor averages over eight
+times as many steps as a frequent one, so its stale, lower (pruning raises losses) estimate keeps it down.
+Per update: excess r = l_hat - l_ref; q = the chi-square-ball worst case around the reference ratio p
+(``chi2_dro_weights``), floored at q_i >= min_ratio p_i. If every r < 0, the references are scaled by 0.9,
+0.8, ... (for this update only) until some r > 0. A domain never observed yet gets the p-weighted mean
+excess of the others (neutral).
 
 Dynamic reference loss: from 2% of training each update records, per domain seen in the interval,
-(D_i tokens seen, kept fraction 1 - sparsity, mean loss over the interval), thinning to at most 64 points
-(every other point, newest kept) so the record spans the whole run. From 10% each update launches a fit of
-l(D, s) = A D^-alpha s^-beta + E per domain (no s term without a target sparsity, i.e. in CPT) on a
-snapshot of that record; the result is consumed at the *next* update: l_ref_i = min(l_ref_i, prediction)
-with the prediction at the end of training (D_i scaled to total steps, s at the target) clipped below at
-the lowest loss observed. With ``fit_in_background`` the fit runs in a thread between the two updates, off
-the training step's path; otherwise it runs at launch. Either way the result used at update j is the one
-launched at update j-1 from the same global data, so both modes give identical weights. Every rank fits
-the same data; the references are then broadcast from rank 0 with the weights.
+(D_i tokens at the interval's middle, kept fraction 1 - sparsity, mean loss over the interval), thinning to
+at most 64 points (every other point, newest kept) so the record spans the whole run. From 10% each update
+launches a fit of l(D, s) = A D^-alpha s^-beta + E per domain (no s term without a target sparsity, i.e. in
+CPT) on a snapshot of that record; the result is consumed at the *next* update. The prediction is at the end
+of training (D_i scaled to total steps, s at the target), capped above at the lowest loss observed; a
+domain's first prediction *replaces* its initial reference, later ones lower it (l_ref_i = min(l_ref_i,
+prediction)), as in the reference (DRO_loading_callback.py). With ``fit_in_background`` the fit runs in a
+thread between the two updates, off the training step's path; otherwise it runs at launch. Either way the
+result used at update j is the one launched at update j-1 from the same global data, so both modes give
+identical weights. Every rank fits the same data; the references are then broadcast from rank 0 with the
+weights.
 
-Dynamic ratio: from 20%, p <- 0.9 p + 0.1 q, clamped to [p0/2, 2 p0], renormalised.
+Dynamic ratio: from 20%, p <- 0.9 p + 0.1 q, renormalised, clamped to [p0/2, 2 p0], renormalised, clamped to
+[min p0, max p0], renormalised (the reference's two clamps; with a uniform p0 the second keeps p uniform).
 """
 from __future__ import annotations
 
@@ -49,6 +56,16 @@ def run_reference_fit(snapshot: dict) -> np.ndarray:
             pred = predict_reference(rows[:, 0], rows[:, 2], kept, end_tokens, end_kept, lowest)
         preds.append(np.nan if pred is None else pred)
     return np.asarray(preds, dtype=np.float64)
+
+
+def dynamic_ratio_step(ratio: np.ndarray, q: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """p <- 0.9 p + 0.1 q, then the reference's two clamps: [p0/2, 2 p0] and [min p0, max p0], each renormalised."""
+    p = (1.0 - RATIO_EMA) * ratio + RATIO_EMA * q
+    p = p / p.sum()
+    p = np.clip(p, initial / 2.0, 2.0 * initial)
+    p = p / p.sum()
+    p = np.clip(p, initial.min(), initial.max())
+    return p / p.sum()
 
 
 class _PendingFit:
@@ -95,6 +112,8 @@ class DRPruningReweighter(DomainReweighter):
         self.target_sparsity = target_sparsity
         self.fit_in_background = bool(fit_in_background)
         self.ema = np.full(k, np.nan)
+        self.last_seen = np.zeros(k)  # step of each domain's latest observation (for the per-step EMA)
+        self.fitted = np.zeros(k, dtype=bool)  # has a fit replaced the domain's initial reference yet
         self.ref = (np.full(k, np.nan) if reference_losses is None
                     else np.asarray(reference_losses, dtype=np.float64).copy())
         if self.ref.shape != (k,):
@@ -106,21 +125,14 @@ class DRPruningReweighter(DomainReweighter):
         self.ref_scale = 1.0
         self._pending: Optional[_PendingFit] = None
 
-    def needs_reference_losses(self) -> bool:
-        return bool(np.all(np.isnan(self.ref)))
-
-    def set_reference_losses(self, losses: Sequence[float]) -> None:
-        """The initial l_ref (e.g. the starting model's own held-out loss per domain, measured by the trainer)."""
-        losses = np.asarray(losses, dtype=np.float64)
-        if losses.shape != self.ref.shape or not np.all(np.isfinite(losses)):
-            raise ValueError(f"need one finite reference loss per domain ({self.num_domains}), got {losses}")
-        self.ref = losses.copy()
-
     def _observe(self, step: int, mean: np.ndarray, present: np.ndarray):
         first = present & np.isnan(self.ema)
         again = present & ~first
         self.ema[first] = mean[first]
-        self.ema[again] = (1.0 - self.ema_factor) * self.ema[again] + self.ema_factor * mean[again]
+        age = np.maximum(step - self.last_seen[again], 1.0)
+        keep = (1.0 - self.ema_factor) ** age
+        self.ema[again] = keep * self.ema[again] + (1.0 - keep) * mean[again]
+        self.last_seen[present] = step
         # Without given or measured references (Trainer._measure_reference_losses), a domain's first observation is.
         unset = present & np.isnan(self.ref)
         self.ref[unset] = mean[unset]
@@ -131,7 +143,10 @@ class DRPruningReweighter(DomainReweighter):
     def _record(self):
         mean, present = self.interval_means()
         for i in np.flatnonzero(present):
-            row = np.array([[self.tokens_seen[i], self._kept(), mean[i]]])
+            # The interval's mean loss belongs to the interval's middle, not its end: at the end its D would be
+            # overstated (badly so early, when an interval is a large share of the tokens seen).
+            mid_tokens = self.tokens_seen[i] - 0.5 * self.interval_count[i]
+            row = np.array([[mid_tokens, self._kept(), mean[i]]])
             rows = np.concatenate([self.history[i], row])
             if len(rows) > MAX_POINTS:
                 rows = rows[::-1][::2][::-1]
@@ -152,7 +167,12 @@ class DRPruningReweighter(DomainReweighter):
             pred = self._pending.result()
             self._pending = None
             ok = np.isfinite(pred)
-            self.ref[ok] = np.fmin(self.ref[ok], pred[ok])  # fmin: a NaN (unset) reference takes the prediction
+            # The first fit replaces the initial reference (the source's loss is not where a pruned model heads).
+            first = ok & ~self.fitted
+            later = ok & self.fitted
+            self.ref[first] = pred[first]
+            self.ref[later] = np.fmin(self.ref[later], pred[later])
+            self.fitted |= ok
         if frac >= FIT_FROM:
             self._pending = _PendingFit(self._snapshot(step), self.fit_in_background)
 
@@ -179,9 +199,7 @@ class DRPruningReweighter(DomainReweighter):
         self.last_excess = r
         q = chi2_dro_weights(r, self.ratio, self.rho, self.min_ratio)
         if self.dynamic_ratio and step / self.total_steps >= RATIO_FROM:
-            p = (1.0 - RATIO_EMA) * self.ratio + RATIO_EMA * q
-            p = np.clip(p, self.initial / 2.0, 2.0 * self.initial)
-            self.ratio = p / p.sum()
+            self.ratio = dynamic_ratio_step(self.ratio, q, self.initial)
         return q
 
     def log_stats(self):
@@ -193,13 +211,15 @@ class DRPruningReweighter(DomainReweighter):
 
     def _rule_state(self) -> dict:
         pending = None if self._pending is None else self._pending.snapshot
-        return {"ema": _t(self.ema), "ref": _t(self.ref), "ratio": _t(self.ratio),
+        return {"ema": _t(self.ema), "last_seen": _t(self.last_seen), "fitted": _t(self.fitted.astype(np.float64)),
+                "ref": _t(self.ref), "ratio": _t(self.ratio),
                 "history": [_t(h) for h in self.history], "min_loss": _t(self.min_loss),
                 "last_excess": _t(self.last_excess), "ref_scale": self.ref_scale, "pending_fit": pending}
 
     def _load_rule_state(self, state: dict):
         arr = lambda t: t.double().numpy().copy()  # noqa: E731
         self.ema, self.ref, self.ratio = arr(state["ema"]), arr(state["ref"]), arr(state["ratio"])
+        self.last_seen, self.fitted = arr(state["last_seen"]), arr(state["fitted"]) > 0.5
         self.history = [arr(h).reshape(-1, 3) for h in state["history"]]
         self.min_loss, self.last_excess = arr(state["min_loss"]), arr(state["last_excess"])
         self.ref_scale = float(state["ref_scale"])

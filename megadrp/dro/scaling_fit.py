@@ -64,15 +64,19 @@ def _grid_values(grid: np.ndarray, log_d, log_s, log_l) -> np.ndarray:
 
 
 def fit_scaling_law(tokens: Sequence[float], losses: Sequence[float],
-                    kept: Optional[Sequence[float]] = None) -> Optional[ScalingLaw]:
-    """Fit A, alpha, beta, E to (tokens, kept, loss) points; None when there are too few usable points."""
+                    kept: Optional[Sequence[float]] = None, min_points: Optional[int] = None) -> Optional[ScalingLaw]:
+    """Fit A, alpha, beta, E to (tokens, kept, loss) points; None when there are too few usable points.
+
+    min_points defaults to one more than the free parameters (3 without ``kept``, else 4); an exactly
+    determined fit (e.g. a model family's three sizes) passes the parameter count itself.
+    """
     d = np.asarray(tokens, dtype=np.float64)
     l = np.asarray(losses, dtype=np.float64)
     s = np.ones_like(d) if kept is None else np.asarray(kept, dtype=np.float64)
     ok = np.isfinite(d) & np.isfinite(l) & np.isfinite(s) & (d > 0) & (l > 0) & (s > 0)
     d, l, s = d[ok], l[ok], s[ok]
     num_params = 3 if kept is None else 4
-    if d.size < num_params + 1:
+    if d.size < (num_params + 1 if min_points is None else min_points):
         return None
     d_scale = d.max()
     log_d, log_s, log_l = np.log(d / d_scale), np.log(s), np.log(l)
@@ -96,9 +100,11 @@ def fit_scaling_law(tokens: Sequence[float], losses: Sequence[float],
 
 def predict_reference(tokens, losses, kept, end_tokens: float, end_kept: Optional[float],
                       lowest_observed: Optional[float] = None) -> Optional[float]:
-    """Predicted loss at the end of training, never below the lowest loss observed; None if no fit.
+    """Predicted loss at the end of training, capped *above* at the lowest loss observed; None if no fit.
 
-    lowest_observed defaults to the smallest of ``losses`` (pass the true minimum when points were thinned).
+    The reference is where the loss is heading, so it is never above where it has already been (DRPruning,
+    DRO_server.py: ``min(prediction, min(losses))``, then ``max(., 0)``). lowest_observed defaults to the
+    smallest of ``losses`` (pass the true minimum when points were thinned).
     """
     law = fit_scaling_law(tokens, losses, kept)
     if law is None:
@@ -106,6 +112,5 @@ def predict_reference(tokens, losses, kept, end_tokens: float, end_kept: Optiona
     pred = float(law.predict(end_tokens, end_kept if kept is not None else None))
     if not np.isfinite(pred):
         return None
-    # A fit extrapolated far past the data can promise any loss: never trust it below what was seen.
-    floor = float(np.min(losses)) if lowest_observed is None else float(lowest_observed)
-    return max(pred, floor)
+    cap = float(np.min(losses)) if lowest_observed is None else float(lowest_observed)
+    return max(min(pred, cap), 0.0)

@@ -1,9 +1,14 @@
 """Sheared-LLaMA's dynamic batch loading: an exponentiated update on the clamped excess loss.
 
 Every update: w <- softmax(log w + max(l - l_ref, 0)), then (1 - c) w + c / k. l is the per-domain held-out
-loss when the trainer passed ``eval_losses`` since the last update, else the mean training loss over the
-interval. A domain with no observation gets no push (excess 0), not a loss of 0. Without given references
-a domain's first observed loss becomes its reference. The rule is multiplicative and unbounded, so it can
+loss, as in the paper: the rule sets ``uses_heldout_losses``, so a trainer with held-out data evaluates at each
+update step and passes ``eval_losses``; without them (no held-out data) l is the interval's mean training
+loss. l_ref is the same held-out reference DRPruning gets (the trainer measures the starting model's loss
+when none is configured; the paper used scaling-law predictions for the target size: pass those as
+``dro.reference_losses``). Without either, a domain's first observed loss becomes its reference. The clamp
+max(., 0) is the paper's (Algorithm 1); the released code (dynamic_loading_callback.py) omits it, so there a
+domain already below its reference is pushed down; megadrp keeps the paper's. A domain with no observation
+gets no push (excess 0), not a loss of 0. The rule is multiplicative and unbounded, so it can
 run away (one domain reached 0.94 of the mix in LLM-Shearing issues 15 and 36): ``log_stats`` exposes
 max_weight and entropy so that shows in the logs.
 """
@@ -19,6 +24,7 @@ from .base import DomainReweighter, _t
 class ShearedReweighter(DomainReweighter):
     name = "sheared"
     _synced = ("_weights", "ref")
+    uses_heldout_losses = True
 
     def __init__(self, domains: Sequence[str], ratio: np.ndarray, update_interval: int, total_steps: int,
                  reference_losses: Optional[Sequence[float]] = None, smoothing: float = 1e-4, group=None):

@@ -1,9 +1,12 @@
 """``megadrp eval``: per-domain held-out loss / perplexity / bits per byte of one or more models, JSON + markdown.
 
 Each ``--model`` (and ``--compare``) is a HF folder or a megadrp checkpoint (exported to a temporary
-folder first), optionally labelled ``LABEL=PATH``. All models are scored on the same windows of the
-held-out split; ``--tasks`` adds lm-eval-harness results when lm-eval and its data are available.
-Output JSON: ``{"models": {label: {path, domains, average, worst, skipped, protocol, tasks?}}}``.
+folder first), optionally labelled ``LABEL=PATH``. With ``--corpus`` all models are scored on the same
+windows of its held-out split; ``--tasks`` adds (or, without ``--corpus``, gives) lm-eval-harness results,
+from lm-eval's registered tasks and local task folders (``--include-path``). ``--update-card`` writes the
+results into the model card of every evaluated ``megadrp export`` folder (docs/EXPORT.md).
+Output JSON: ``{"models": {label: {path, shape, num_params, domains?, average?, worst?, skipped?, protocol?,
+tasks?}}}``.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", required=True, metavar="[LABEL=]DIR",
                    help="HF folder(s) or megadrp checkpoint(s) / run dirs")
     p.add_argument("--compare", nargs="+", default=[], metavar="[LABEL=]DIR", help="more models, one column each")
-    p.add_argument("--corpus", required=True, help="corpus folder with heldout/DOMAIN.jsonl")
+    p.add_argument("--corpus", default=None, help="corpus folder with heldout/DOMAIN.jsonl (optional with --tasks)")
     p.add_argument("--domains", nargs="+", default=None, help="domains to score (default: all held-out files)")
     p.add_argument("--seq-length", type=int, default=d.seq_length, help="tokens per window")
     p.add_argument("--max-windows", type=int, default=d.max_windows, help="windows per domain (0: all)")
@@ -50,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="JSON results file")
     p.add_argument("--markdown", default=None, help="markdown table file")
     p.add_argument("--tasks", default="", help="comma-separated lm-eval-harness tasks (needs lm-eval and its data)")
+    p.add_argument("--include-path", nargs="+", default=[], metavar="DIR",
+                   help="folders of lm-eval task YAML files, whose tasks --tasks may name (lm-eval's --include_path)")
     p.add_argument("--tasks-limit", type=int, default=None, help="lm-eval: examples per task (quick checks)")
+    p.add_argument("--update-card", action="store_true",
+                   help="write the results into the README.md model card of each evaluated megadrp export folder")
     return p
 
 
@@ -59,17 +66,22 @@ def evaluate_cli_models(models: dict[str, str], texts, args, tasks: list[str]) -
     from megadrp.eval.domain_eval import evaluate_domains
     from megadrp.eval.lm_eval_adapter import run_tasks
     from megadrp.eval.loading import load_hf, resolve_model_dir
+    from megadrp.export.card import MATCH_FIELDS
 
     out = {}
     for label, path in models.items():
         print(f"[eval] {label}: {path}", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="megadrp_eval_") as scratch:
             model, tok = load_hf(resolve_model_dir(path, scratch), device=args.device)
-            res = evaluate_domains(model, tok, texts, seq_length=args.seq_length, max_windows=args.max_windows,
-                                   batch_size=args.batch_size, progress=True)
-            res = {"path": str(path), **res}
+            # The shape tells a card which column is the export and which its source (megadrp.export.card).
+            res = {"path": str(path), "shape": {f: getattr(model.config, f, None) for f in MATCH_FIELDS},
+                   "num_params": sum(p.numel() for p in model.parameters())}
+            if texts is not None:
+                res.update(evaluate_domains(model, tok, texts, seq_length=args.seq_length,
+                                            max_windows=args.max_windows, batch_size=args.batch_size, progress=True))
             if tasks:
-                res["tasks"] = run_tasks(model, tok, tasks, batch_size=args.batch_size, limit=args.tasks_limit)
+                res["tasks"] = run_tasks(model, tok, tasks, batch_size=args.batch_size, limit=args.tasks_limit,
+                                         include_path=args.include_path)
                 if "error" in res["tasks"]:
                     print(f"[eval] {label}: {res['tasks']['error']}", file=sys.stderr)
             del model
@@ -77,9 +89,29 @@ def evaluate_cli_models(models: dict[str, str], texts, args, tasks: list[str]) -
     return out
 
 
+def _card_folders(models: dict[str, str]) -> list[Path]:
+    """The evaluated models that are megadrp export folders (their card can take the results)."""
+    return [Path(p) for p in models.values() if (Path(p) / "megadrp_export.json").is_file()]
+
+
+def _check_request(args, models: dict[str, str], tasks: list[str]) -> str | None:
+    """What is wrong with the command line before any model is loaded (None: nothing)."""
+    from megadrp.eval.lm_eval_adapter import MISSING, check_include_path, lm_eval_available, unknown_task_message
+
+    if args.corpus is None and not tasks:
+        return "give --corpus (held-out per-domain scores), --tasks (lm-eval tasks), or both"
+    if args.corpus is None and not lm_eval_available():
+        return MISSING.split(";")[0] + "; without --corpus there is nothing else to evaluate"
+    if args.update_card and not _card_folders(models):
+        return ("--update-card: none of the models is a `megadrp export` folder (with megadrp_export.json); "
+                "export the checkpoint first and evaluate the folder")
+    check_include_path(args.include_path)
+    return unknown_task_message(tasks, args.include_path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from megadrp.eval.heldout import load_heldout
-    from megadrp.eval.tables import markdown_report
+    from megadrp.eval.windows import load_heldout
+    from megadrp.eval_results import markdown_report
 
     args = build_parser().parse_args(argv)
     for name in ("seq_length", "batch_size"):
@@ -89,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     models = _labelled(args.model + args.compare)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
-        texts = load_heldout(args.corpus, args.domains, args.max_bytes)
+        problem = _check_request(args, models, tasks)
+        if problem:
+            print(f"megadrp eval: {problem}", file=sys.stderr)
+            return 2
+        texts = load_heldout(args.corpus, args.domains, args.max_bytes) if args.corpus else None
         results = evaluate_cli_models(models, texts, args, tasks)
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         print(f"megadrp eval: {err}", file=sys.stderr)
@@ -102,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown)
+    if args.update_card:
+        from megadrp.export.card import update_card_evaluation
+
+        for folder in _card_folders(models):
+            print(f"[eval] model card updated: {update_card_evaluation(folder, {'models': results})}", file=sys.stderr)
     print(markdown)
+    if texts is None and all("error" in r for r in task_results.values()):
+        return 2  # tasks were all there was to evaluate, and none ran
     return 0
 
 

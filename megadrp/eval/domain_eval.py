@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from megadrp.eval.windows import Window, make_windows
+from megadrp.kernels.cross_entropy import token_cross_entropy
 
 LN2 = math.log(2.0)
 
@@ -40,9 +41,7 @@ def score_windows(forward_fn, windows: list[Window], batch_size: int, device) ->
             batch = group[i:i + batch_size]
             ids = torch.stack([w.ids for w in batch]).to(device)
             logits = _logits_of(forward_fn(ids))
-            # float32 log-softmax whatever the weight dtype: bf16 sums would drift over thousands of tokens.
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+            nll = token_cross_entropy(logits[:, :-1], ids[:, 1:])
             total_nats += float(nll.double().sum())
             total_tokens += nll.numel()
             total_bytes += sum(w.num_bytes for w in batch)

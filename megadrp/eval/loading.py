@@ -6,50 +6,16 @@ to a temporary folder through ``megadrp.export``.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 from pathlib import Path
 
-STATE_FILE = "megadrp_state.pt"
-
-
-def find_checkpoint(path) -> Path | None:
-    """The checkpoint folder behind ``path`` (itself, or RUN_DIR/checkpoints/<latest>), or None for a plain folder."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    latest = path / "checkpoints" / "latest"
-    if latest.is_dir():  # a symlink to the newest step_N
-        return find_checkpoint(latest.resolve())
-    if latest.is_file():  # a file holding the step folder's name
-        step_dir = path / "checkpoints" / latest.read_text().strip()
-        if (step_dir / STATE_FILE).is_file():
-            return step_dir
-    return None
-
-
-def _export_function():
-    """``export_checkpoint(ckpt, out_dir)`` of megadrp.export (its api module or the package), or None."""
-    for module_name in ("megadrp.export.api", "megadrp.export"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if (err.name or "").startswith("megadrp"):
-                continue
-            raise
-        fn = getattr(module, "export_checkpoint", None)
-        if callable(fn) and not inspect.ismodule(fn):
-            return fn
-    return None
+from megadrp.run_format import STATE_FILE, find_checkpoint
 
 
 def export_to(checkpoint: Path, out_dir: Path) -> Path:
     """Export ``checkpoint`` into ``out_dir`` (a dense HF folder) and return it."""
-    fn = _export_function()
-    if fn is None:
-        raise RuntimeError(f"{checkpoint} is a megadrp checkpoint, and this version has no megadrp.export to turn it "
-                           f"into a model folder: run `megadrp export {checkpoint} --output DIR` and evaluate DIR")
-    fn(str(checkpoint), str(out_dir))
+    from megadrp.export.api import export_checkpoint
+
+    export_checkpoint(str(checkpoint), str(out_dir))
     if not (out_dir / "config.json").is_file():
         raise RuntimeError(f"exporting {checkpoint} wrote no config.json into {out_dir}")
     return out_dir

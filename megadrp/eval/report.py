@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from megadrp.eval.metrics_log import MetricsLog, find_metrics, read_metrics
+from megadrp.eval.run_metrics import MetricsLog, find_metrics, read_metrics
 
 
 def _num(v, pattern: str = "{:.4g}") -> str:
@@ -49,7 +49,7 @@ def _sparsity_table(log: MetricsLog) -> list[str]:
 
 
 def _eval_json_section(path: Path) -> list[str]:
-    from megadrp.eval.tables import markdown_table
+    from megadrp.eval_results import markdown_table
 
     try:
         data = json.loads(path.read_text())
@@ -88,7 +88,7 @@ def summary_markdown(run_dir: Path, log: MetricsLog, plots: dict[str, Path], out
 
 def write_report(run_dir, out_dir=None) -> Path:
     """Write the plots and ``summary.md`` into ``out_dir`` (default RUN_DIR/report); returns summary.md's path."""
-    from megadrp.eval.plots import write_plots
+    from megadrp.eval.run_metrics import write_plots
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "report"

@@ -6,7 +6,7 @@ Public API:
 - ``export_checkpoint`` / ``export_from_model``: write the folder (and optionally push it to the Hub).
 The heavier entry points are imported on first use so that ``import megadrp.export`` stays cheap.
 """
-from megadrp.export.prune import (
+from megadrp.export.surgery import (
     ExportError,
     achieved_shape,
     kept_counts,
@@ -16,7 +16,7 @@ from megadrp.export.prune import (
 )
 
 _LAZY = {"export_checkpoint": "megadrp.export.api", "export_from_model": "megadrp.export.api",
-         "load_checkpoint_for_export": "megadrp.export.checkpoint", "push_folder": "megadrp.export.hub"}
+         "load_checkpoint_for_export": "megadrp.export.consolidate", "push_folder": "megadrp.export.hub"}
 
 __all__ = ["ExportError", "achieved_shape", "kept_counts", "normalize_masks", "prune_hf_state_dict",
            "prune_state_dict", *_LAZY]

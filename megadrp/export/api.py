@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 
-from megadrp.export.card import base_model_id, build_model_card, source_license
-from megadrp.export.checkpoint import load_checkpoint_for_export
-from megadrp.export.prune import ExportError, kept_counts, prune_state_dict
+from megadrp import run_format
+from megadrp.export.card import build_model_card
+from megadrp.export.consolidate import load_checkpoint_for_export
+from megadrp.export.provenance import base_model_id, license_files, source_hub_id, source_license
+from megadrp.export.surgery import ExportError, kept_counts, prune_state_dict
 from megadrp.export.writer import (
     AtomicFolder,
     copy_tokenizer,
@@ -24,10 +27,9 @@ from megadrp.export.writer import (
     save_weights,
     torch_dtype,
 )
+from megadrp.model.units import TARGET_FIELDS
 
 log = logging.getLogger(__name__)
-SHAPE_TARGETS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                 "num_hidden_layers")
 
 
 def expected_shape(source, target: Optional[Mapping[str, Any]]) -> dict[str, int]:
@@ -39,7 +41,7 @@ def expected_shape(source, target: Optional[Mapping[str, Any]]) -> dict[str, int
         resolved = resolve_target(source, TargetShape(**dict(target or {})))
     except (ConfigError, TypeError) as err:
         raise ExportError(f"the checkpoint's target shape {dict(target or {})} is invalid: {err}") from err
-    return {name: getattr(resolved, name) for name in SHAPE_TARGETS}
+    return {name: getattr(resolved, name) for name in TARGET_FIELDS}
 
 
 def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, target) -> None:
@@ -49,7 +51,7 @@ def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, ta
     rep = source.num_attention_heads // source.num_key_value_heads
     got["num_attention_heads"] = [g * rep for g in got["num_key_value_heads"]]
     problems = []
-    for name in SHAPE_TARGETS:
+    for name in TARGET_FIELDS:
         have = got[name] if isinstance(got[name], list) else [got[name]]
         if have != [want[name]]:
             problems.append(f"{name}: target {want[name]}, masks keep {have if len(have) > 1 else have[0]} "
@@ -64,19 +66,18 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
 
     Refuses, naming the counts, a checkpoint whose mask families or shapes cannot give the target shape.
     """
-    if state.get("mode") != "prune" or state.get("masks") is None:
+    saved = run_format.mode_state(state).get("masks")
+    if state.get("mode") != "prune" or saved is None:
         return None
     from megadrp.config.schema import TargetShape
-    from megadrp.masks import MaskSet, active_families, resolve_target
+    from megadrp.masks import MaskSet, resolve_target
+    from megadrp.model.units import BY_NAME, active_families, mask_shapes
 
     target = _target_dict(state)
     resolved = resolve_target(source, TargetShape(**target))
-    have = {k.split(".")[-1]: tuple(v.shape) for k, v in state["masks"].items() if hasattr(v, "shape")}
-    maskset_shapes = {"layer": (source.num_hidden_layers,), "hidden": (source.hidden_size,),
-                      "head": (source.num_hidden_layers, source.num_key_value_heads),
-                      "intermediate": (source.num_hidden_layers, source.intermediate_size)}
-    field = {"layer": "num_hidden_layers", "head": "num_key_value_heads", "intermediate": "intermediate_size",
-             "hidden": "hidden_size"}
+    have = {k.split(".")[-1]: tuple(v.shape) for k, v in saved.items() if hasattr(v, "shape")}
+    maskset_shapes = mask_shapes(source)
+    field = {f: unit.field for f, unit in BY_NAME.items()}
     problems = []
     for fam in active_families(source, resolved):
         want, src = getattr(resolved, field[fam]), getattr(source, field[fam])
@@ -89,7 +90,7 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
         raise ExportError("the checkpoint's masks cannot reach the target shape: " + "; ".join(problems))
     try:
         maskset = MaskSet(source, resolved)
-        maskset.load_state_dict(state["masks"])
+        maskset.load_state_dict(saved)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ExportError(f"the checkpoint's masks {have} do not fit the source and target {target}: {err}") from err
     with torch.no_grad():
@@ -129,18 +130,24 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
                 source_shape=source_shape.to_dict(), achieved_shape=achieved.to_dict(),
                 target_shape=expected_shape(source_shape, target) if target is not None else None,
                 num_params=_num_params(hf_sd), source_num_params=source_shape.num_params(),
+                non_embedding_params=achieved.num_params(include_embeddings=False),
+                source_non_embedding_params=source_shape.num_params(include_embeddings=False),
                 tie_word_embeddings=achieved.tie_word_embeddings, source_tied=source_shape.tie_word_embeddings,
                 name=info.get("name") or Path(out_dir).name)
-    info.setdefault("source", source_model_dir)
-    info.setdefault("base_model", base_model_id(source_model_dir))
-    info.setdefault("license", source_license(source_model_dir))
+    # The source folder, else the checkpoint's copy of its card and license (the source may be gone by now).
+    known = next((d for d in (source_model_dir, tokenizer_src) if d and Path(d).is_dir()), None)
+    info.setdefault("base_model", source_hub_id(known) or base_model_id(source_model_dir or known))
+    info.setdefault("base_model_is_hub_id", source_hub_id(known) is not None)
+    info.setdefault("license", source_license(known))
     with AtomicFolder(out_dir) as tmp:
         config = hf_config(achieved, family_name, dtype)
         config.save_pretrained(tmp)
         save_weights(hf_sd, tmp, dtype, max_shard_size, progress=progress)
         if copy_tokenizer([tokenizer_src, source_model_dir], tmp) is None:
             log.warning("no tokenizer files in %s; the export has no tokenizer", [tokenizer_src, source_model_dir])
-        save_generation_config(config, Path(source_model_dir) if source_model_dir else None, tmp)
+        save_generation_config(config, tmp)
+        for f in license_files(known):
+            shutil.copy2(f, tmp / f.name)
         build_model_card(info).save(tmp / "README.md")
         (tmp / "megadrp_export.json").write_text(json.dumps(
             {k: info[k] for k in ("family", "source_shape", "achieved_shape", "target_shape", "num_params",

@@ -1,58 +1,31 @@
 """The exported folder's model card (README.md) through huggingface_hub's ``ModelCard``.
 
-Metadata (YAML front matter) carries what the Hub indexes: base model, license, library, tags. The body
-records what a reader needs to trust the model: method, source/target/achieved shapes, parameter counts,
-tokens seen, final domain weights and, when present, the evaluation table.
+Metadata (YAML front matter) carries what the Hub indexes: base model and license (inherited from the source,
+megadrp.export.provenance), library, tags. The body records what a reader needs to trust the model: method,
+target and achieved shapes, parameter counts, tokens seen, final domain weights, the held-out evaluation
+table when one exists, and a plain warning when that table shows the model far below its source
+(average bits per byte above ``QUALITY_WARNING_RATIO`` x the source's). ``update_card_evaluation`` rewrites
+only the evaluation and warning sections of an existing export's card (``megadrp eval --update-card``).
 """
 from __future__ import annotations
 
 import json
-import re
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 SHAPE_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
                 "num_hidden_layers", "vocab_size", "tie_word_embeddings")
+# The fields that tell two models' shapes apart in an evaluation (the pruned ones and the vocabulary).
+MATCH_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                "num_hidden_layers", "vocab_size")
 METHODS = {
     "prune": "targeted structured pruning with learned hard-concrete masks (Sheared-LLaMA), data reweighting: {dro}",
     "cpt": "continued pretraining of a pruned model, data reweighting: {dro}",
     "dress": "DReSS: regularise the selected units towards zero, remove them, finetune",
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def source_license(source_dir: Optional[str]) -> Optional[str]:
-    """The license of the source model: its card's metadata, else a ``license`` key in its config.json."""
-    if not source_dir or not Path(source_dir).is_dir():
-        return None
-    readme = Path(source_dir) / "README.md"
-    if readme.is_file():
-        from huggingface_hub import ModelCard
-
-        try:
-            lic = ModelCard.load(readme).data.to_dict().get("license")
-            if lic:
-                return str(lic)
-        except Exception:  # a malformed source card must not block the export; it only loses the license
-            pass
-    cfg = Path(source_dir) / "config.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text()).get("license")
-    return None
-
-
-def base_model_id(source: Optional[str]) -> Optional[str]:
-    """A Hub repo id for ``base_model`` metadata: the source itself, or its config's ``_name_or_path``."""
-    if not source:
-        return None
-    if not Path(source).exists() and _HUB_ID.match(source):
-        return source
-    cfg = Path(source) / "config.json"
-    if cfg.is_file():
-        name = json.loads(cfg.read_text()).get("_name_or_path", "")
-        if _HUB_ID.match(name or "") and not Path(name).exists():
-            return name
-    return None
+QUALITY_WARNING_RATIO = 1.5
+EVAL_HEADING, WARNING_HEADING = "## Evaluation", "## Quality warning"
 
 
 def _shape_table(shapes: dict[str, Any]) -> str:
@@ -67,13 +40,25 @@ def _shape_table(shapes: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def eval_table(results: dict) -> str:
-    """Markdown of an eval.json: megadrp.eval's tables when it has that layout, else a flat metric list."""
-    try:
-        from megadrp.eval.tables import markdown_table
+def _models(results: dict) -> dict[str, dict]:
+    """``{label: result}`` of an eval JSON (``{"models": ...}``), a label mapping, or one bare result."""
+    results = results.get("models", results)
+    return {"model": results} if "domains" in results or "tasks" in results else results
 
-        return markdown_table(results, "bits_per_byte") + "\n" + markdown_table(results, "loss")
-    except (ImportError, KeyError, TypeError, AttributeError):
+
+def eval_table(results: dict) -> str:
+    """Markdown of an eval JSON: megadrp.eval's held-out and lm-eval tables, else a flat metric list."""
+    from megadrp.eval_results import markdown_table, protocol_line, tasks_table
+
+    try:
+        models = _models(results)
+        held = {k: v for k, v in models.items() if isinstance(v, dict) and "domains" in v}
+        tasks = {k: v["tasks"] for k, v in models.items() if isinstance(v, dict) and v.get("tasks")}
+        if held or tasks:
+            parts = [protocol_line(held), markdown_table(held, "bits_per_byte"),
+                     markdown_table(held, "loss")] if held else []
+            return "\n".join(parts + (["lm-eval-harness:\n", tasks_table(tasks)] if tasks else []))
+    except (KeyError, TypeError, AttributeError):
         pass
     rows = []
 
@@ -88,18 +73,88 @@ def eval_table(results: dict) -> str:
     return "| metric | value |\n|---|---:|\n" + "\n".join(rows) if rows else ""
 
 
+def _find(models: dict[str, dict], shape: Optional[dict]) -> Optional[str]:
+    """The label of the first evaluated model whose recorded shape is ``shape``."""
+    if not shape:
+        return None
+    for label, res in models.items():
+        got = res.get("shape") if isinstance(res, dict) else None
+        if got and all(got.get(f) == shape.get(f) for f in MATCH_FIELDS):
+            return label
+    return None
+
+
+def quality_warning(results: dict, source_shape: Optional[dict], achieved_shape: Optional[dict]) -> Optional[str]:
+    """A plain warning when the export's average bits/byte exceed QUALITY_WARNING_RATIO x its source's.
+
+    The export and its source are told apart in the evaluation by their recorded shapes (megadrp eval writes
+    each model's shape), so the labels do not matter; with no source in the table there is no warning.
+    """
+    if not source_shape or not achieved_shape or all(source_shape.get(f) == achieved_shape.get(f)
+                                                      for f in MATCH_FIELDS):
+        return None
+    models = _models(results)
+    src, mine = _find(models, source_shape), _find(models, achieved_shape)
+    try:
+        ours = float(models[mine]["average"]["bits_per_byte"])
+        theirs = float(models[src]["average"]["bits_per_byte"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if theirs <= 0 or ours <= QUALITY_WARNING_RATIO * theirs:
+        return None
+    return (f"**This model is far below its source**: its held-out average is {ours:.3f} bits per byte against "
+            f"the source's {theirs:.3f} ({ours / theirs:.2f}x; above {QUALITY_WARNING_RATIO}x). It is a pruning "
+            f"result, not a usable replacement for the source: train it further (e.g. `megadrp cpt`) before "
+            f"relying on its output.")
+
+
+def _set_section(text: str, heading: str, content: Optional[str], before: Optional[str] = None) -> str:
+    """``text`` with the ``heading`` section replaced by ``content`` (removed when None), or inserted before the
+    ``before`` heading (else appended) when it is not there yet."""
+    start = text.find(f"\n{heading}\n")
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading) + 2)
+        text = text[:start] + (text[end:] if end >= 0 else "\n")
+    if content is None:
+        return text
+    section = f"\n{heading}\n\n{content.strip()}\n"
+    at = text.find(f"\n{before}") if before else -1
+    return text[:at] + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n" + section
+
+
+def with_evaluation(text: str, results: Optional[dict], source_shape=None, achieved_shape=None) -> str:
+    """Card text with its evaluation and quality-warning sections made from ``results``."""
+    table = eval_table(results) if results else ""
+    text = _set_section(text, EVAL_HEADING, table or None)
+    warning = quality_warning(results, source_shape, achieved_shape) if results else None
+    return _set_section(text, WARNING_HEADING, warning, before="## Shape")
+
+
+def _method_lines(info: dict) -> list[str]:
+    method = METHODS.get(info.get("mode", "prune"), "{dro}").format(dro=info.get("dro_method") or "none")
+    lines = [f"- Method: {method}."]
+    target, src = info.get("target_shape"), info.get("source_shape") or {}
+    if target:
+        lines.append("- Target shape: " + ", ".join(f"{k} {target[k]} (source {src.get(k, '—')})"
+                                                    for k in target if target[k] != src.get(k)) + ".")
+    n, n_src = info.get("non_embedding_params"), info.get("source_non_embedding_params")
+    if n and n_src:
+        lines.append(f"- Non-embedding parameters: {n:,} of the source's {n_src:,} ({n / n_src:.1%}).")
+    return lines
+
+
 def build_model_card(info: dict[str, Any]):
-    """A ``ModelCard`` from export facts: see ``megadrp.export.api._card_info`` for the keys."""
+    """A ``ModelCard`` from export facts (the ``info`` dict megadrp.export.api.export_from_model assembles)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = info.get("base_model")
-    data = ModelCardData(license=info.get("license"), library_name="transformers", base_model=base,
-                         pipeline_tag="text-generation", tags=["megadrp", "pruned", info.get("family", "llama")])
-    method = METHODS.get(info.get("mode", "prune"), "{dro}").format(dro=info.get("dro_method", "none"))
+    lic = dict(info.get("license") or {}) if isinstance(info.get("license"), dict) else \
+        ({"license": info["license"]} if info.get("license") else {})
+    data = ModelCardData(library_name="transformers", base_model=base, pipeline_tag="text-generation",
+                         tags=["megadrp", "pruned", info.get("family", "llama")], **lic)
     parts = [f"# {info.get('name', 'megadrp export')}\n",
-             f"A dense `{info.get('architecture')}` exported by megadrp from "
-             f"`{info.get('source') or base or 'a megadrp checkpoint'}`.\n",
-             f"- Method: {method}.",
+             f"A dense `{info.get('architecture')}` exported by megadrp from `{base or 'a megadrp checkpoint'}`.\n",
+             *_method_lines(info),
              f"- Checkpoint step: {info.get('step', '—')}; tokens seen: {info.get('tokens_seen', '—')}.",
              f"- Parameters: {info.get('num_params'):,} (source {info.get('source_num_params'):,})."
              if info.get("num_params") and info.get("source_num_params") else "",
@@ -108,6 +163,9 @@ def build_model_card(info: dict[str, Any]):
              "" if info.get("tie_word_embeddings", True) or not info.get("source_tied") else
              "- The source tied its LM head to the embedding; the hidden mask scales the embedding but not the "
              "LM head, so this export stores them separately (`tie_word_embeddings: false`).",
+             "" if not base or info.get("base_model_is_hub_id") else
+             f"- `base_model: {base}` is the source folder's name, not a Hub id (none was found in its "
+             "README or config): set it to the source's Hub id before publishing.",
              "\n## Shape\n", _shape_table({k: v for k, v in (("source", info.get("source_shape")),
                                                               ("target", info.get("target_shape")),
                                                               ("achieved", info.get("achieved_shape"))) if v})]
@@ -115,9 +173,22 @@ def build_model_card(info: dict[str, Any]):
     if weights:
         parts += ["\n## Final domain weights\n", "| domain | weight |\n|---|---:|"]
         parts += [f"| {d} | {float(w):.4f} |" for d, w in weights.items()]
-    if info.get("eval"):
-        table = eval_table(info["eval"])
-        if table:
-            parts += ["\n## Evaluation\n", table]
     body = "\n".join(p for p in parts if p != "") + "\n"
+    body = with_evaluation(body, info.get("eval"), info.get("source_shape"), info.get("achieved_shape"))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def update_card_evaluation(folder, results: dict) -> Path:
+    """Rewrite the evaluation and warning sections of a megadrp export's README.md from ``results`` (atomic)."""
+    folder = Path(folder)
+    meta_file, readme = folder / "megadrp_export.json", folder / "README.md"
+    if not meta_file.is_file() or not readme.is_file():
+        raise FileNotFoundError(f"{folder} is not a megadrp export (no megadrp_export.json or README.md): "
+                                f"--update-card writes only into folders `megadrp export` made")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    text = with_evaluation(readme.read_text(encoding="utf-8"), results, meta.get("source_shape"),
+                           meta.get("achieved_shape"))
+    tmp = readme.with_name(f".{readme.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, readme)
+    return readme

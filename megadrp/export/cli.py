@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from megadrp.config.schema import ConfigError
     from megadrp.export.api import export_checkpoint
-    from megadrp.export.prune import ExportError
+    from megadrp.export.surgery import ExportError
 
     try:  # the same checks as the config's export section, before any heavy work
         ExportConfig(dtype=args.dtype, max_shard_size=args.max_shard_size, push_to_hub=args.push_to_hub or "",

@@ -16,12 +16,11 @@ from typing import Mapping, Optional
 
 import torch
 
-from megadrp.export.prune import ExportError
+from megadrp.data.tokenizer_files import GENERATION_CONFIG, copy_model_files
+from megadrp.export.surgery import ExportError
+from megadrp.model.families import get_family
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Files that make up a tokenizer across slow/fast/sentencepiece/BPE variants.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -34,7 +33,7 @@ def hf_config(shape, family, dtype: str = "float32"):
     """The family's transformers config for ``shape`` (explicit head_dim: it never follows d' / H')."""
     from transformers import CONFIG_MAPPING
 
-    d = shape.to_hf_config_dict(family)
+    d = (get_family(family) if isinstance(family, str) else family).hf_config_dict(shape)
     d["head_dim"] = shape.head_dim
     cfg = CONFIG_MAPPING[d.pop("model_type")](**d)
     cfg.dtype = dtype
@@ -68,27 +67,17 @@ def save_weights(hf_sd: Mapping[str, torch.Tensor], folder: Path, dtype: str, ma
 
 
 def copy_tokenizer(sources: list, folder: Path) -> Optional[Path]:
-    """Copy the tokenizer files of the first source folder that has any; returns that folder (or None)."""
-    for src in sources:
-        if not src or not Path(src).is_dir():
-            continue
-        found = [f for f in TOKENIZER_FILES if (Path(src) / f).is_file()]
-        if found:
-            for f in found:
-                shutil.copy2(Path(src) / f, folder / f)
-            return Path(src)
-    return None
+    """Tokenizer, chat template and generation config from ``sources`` (first wins, megadrp.data.tokenizer_files);
+    returns the folder the tokenizer came from (or None)."""
+    return copy_model_files(sources, folder)
 
 
-def save_generation_config(config, source_dir: Optional[Path], folder: Path) -> None:
-    """The source model's generation config when it has one, else one derived from the model config."""
+def save_generation_config(config, folder: Path) -> None:
+    """Keep the source's generation_config.json (copied with the tokenizer), else derive one from ``config``."""
     from transformers import GenerationConfig
 
-    if source_dir is not None and (Path(source_dir) / "generation_config.json").is_file():
-        gen = GenerationConfig.from_pretrained(source_dir)
-    else:
-        gen = GenerationConfig.from_model_config(config)
-    gen.save_pretrained(folder)
+    if not (Path(folder) / GENERATION_CONFIG).is_file():
+        GenerationConfig.from_model_config(config).save_pretrained(folder)
 
 
 def _looks_like_export(path: Path) -> bool:

@@ -2,7 +2,8 @@
 
 Backend: 'auto' (default) runs Triton on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1;
 'triton' does the same but raises where Triton cannot run; 'torch' always runs the PyTorch references.
-Set it with the MEGADRP_KERNELS environment variable or `set_backend` (the config's model.use_kernels).
+The trainer sets it from the config's model.use_kernels; elsewhere (tests, benchmarks, export) the
+MEGADRP_KERNELS environment variable or `set_backend` choose it.
 """
 from __future__ import annotations
 
@@ -62,5 +63,5 @@ def use_triton(t: torch.Tensor) -> bool:
         raise RuntimeError(f"kernel backend 'triton' cannot run on a {t.device.type} tensor: Triton needs CUDA, "
                            "or TRITON_INTERPRET=1 set before megadrp.kernels is imported")
     if ok and t.dtype == torch.bfloat16 and interpreting():
-        return False  # the interpreter's bf16 arithmetic is garbage (docs/ENVIRONMENT.md): keep the reference
+        return False  # the Triton interpreter's bf16 arithmetic gives wrong results: keep the reference
     return ok

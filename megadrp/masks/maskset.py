@@ -15,10 +15,10 @@ import torch.nn as nn
 
 from megadrp.config.schema import ConfigError, TargetShape
 from megadrp.masks import hard_concrete as hc
-from megadrp.masks.target import active_families, resolve_target
+from megadrp.masks.target import resolve_target
 from megadrp.model.shape import ModelShape
-
-FAMILY_ORDER = ("layer", "head", "intermediate", "hidden")
+from megadrp.model.units import FAMILIES as FAMILY_ORDER
+from megadrp.model.units import active_families, mask_shapes, unit_counts
 
 
 def step_seed(seed: int, step: int, micro_step: int) -> int:
@@ -40,17 +40,11 @@ class MaskSet(nn.Module):
                               "hidden_size, num_attention_heads/num_key_value_heads, intermediate_size or "
                               "num_hidden_layers")
         s, t = source, self.target
-        self.shapes = {"layer": (s.num_hidden_layers,), "head": (s.num_hidden_layers, s.num_key_value_heads),
-                       "intermediate": (s.num_hidden_layers, s.intermediate_size), "hidden": (s.hidden_size,)}
+        self.shapes = mask_shapes(s)
         # Units removed by the deterministic mask: per layer (last dim) for head/intermediate, overall otherwise.
-        self.num_zeros = {"layer": s.num_hidden_layers - t.num_hidden_layers,
-                          "head": s.num_key_value_heads - t.num_key_value_heads,
-                          "intermediate": s.intermediate_size - t.intermediate_size,
-                          "hidden": s.hidden_size - t.hidden_size}
-        self.final_sparsity = {"layer": 1 - t.num_hidden_layers / s.num_hidden_layers,
-                               "head": 1 - t.num_key_value_heads / s.num_key_value_heads,
-                               "intermediate": 1 - t.intermediate_size / s.intermediate_size,
-                               "hidden": 1 - t.hidden_size / s.hidden_size}
+        have, keep = unit_counts(s), unit_counts(t)
+        self.num_zeros = {f: have[f] - keep[f] for f in FAMILY_ORDER}
+        self.final_sparsity = {f: 1 - keep[f] / have[f] for f in FAMILY_ORDER}
         gen = torch.Generator().manual_seed(seed)
         la = {}
         for f in self.families:

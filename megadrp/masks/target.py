@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from megadrp.config.schema import ConfigError, TargetShape
 from megadrp.model.shape import ModelShape
-
-_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "num_hidden_layers")
+from megadrp.model.units import (
+    TARGET_FIELDS,
+    active_families,  # noqa: F401  (re-exported: masks.active_families)
+)
 
 
 def resolve_target(source: ModelShape, target: TargetShape, prefix: str = "pruning.target") -> ModelShape:
     """The full target ModelShape (source with the target's sizes), or ConfigError."""
-    for name in _FIELDS:
+    for name in TARGET_FIELDS:
         v, s = getattr(target, name), getattr(source, name)
         if v is None:
             continue
@@ -41,7 +43,8 @@ def resolve_target(source: ModelShape, target: TargetShape, prefix: str = "pruni
         r = source.heads_per_group
         if h is not None and h % r != 0:
             raise ConfigError(f"{prefix}.num_attention_heads", h,
-                              f"must be a multiple of {r}: the source has {r} query heads per KV group "
+                              f"must be a multiple of {r} (a whole number of KV groups): the source has {r} "
+                              f"query heads per KV group "
                               f"({h_src}/{g_src}) and whole groups are pruned; e.g. {max(r, h - h % r)}")
         if h is not None and g is not None and h != g * r:
             raise ConfigError(f"{prefix}.num_attention_heads", h,
@@ -55,17 +58,3 @@ def resolve_target(source: ModelShape, target: TargetShape, prefix: str = "pruni
         intermediate_size=target.intermediate_size or source.intermediate_size,
         num_hidden_layers=target.num_hidden_layers or source.num_hidden_layers,
     )
-
-
-def active_families(source: ModelShape, target: ModelShape) -> tuple:
-    """Mask families that differ between source and resolved target, in a fixed order."""
-    out = []
-    if target.num_hidden_layers != source.num_hidden_layers:
-        out.append("layer")
-    if target.num_key_value_heads != source.num_key_value_heads:
-        out.append("head")
-    if target.intermediate_size != source.intermediate_size:
-        out.append("intermediate")
-    if target.hidden_size != source.hidden_size:
-        out.append("hidden")
-    return tuple(out)

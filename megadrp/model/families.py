@@ -51,6 +51,33 @@ class Family:
     debug_shape: ModelShape
     config_defaults: dict = field(default_factory=dict)  # written into exported config.json
 
+    def hf_config_dict(self, shape: ModelShape) -> dict:
+        """A config.json dict of this family for ``shape``; head_dim is always written explicitly, because
+        pruning hidden_size or heads keeps the source head_dim."""
+        rope = {"rope_theta": shape.rope_theta, "rope_type": "default"}
+        if shape.rope_scaling:
+            rope.update(shape.rope_scaling)
+        d = {
+            "architectures": [self.architecture], "model_type": self.model_type, "hidden_act": "silu",
+            "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size,
+            "num_attention_heads": shape.num_attention_heads, "num_key_value_heads": shape.num_key_value_heads,
+            "head_dim": shape.head_dim, "intermediate_size": shape.intermediate_size,
+            "num_hidden_layers": shape.num_hidden_layers, "rms_norm_eps": shape.rms_norm_eps,
+            "rope_theta": shape.rope_theta, "rope_parameters": rope,
+            "max_position_embeddings": shape.max_position_embeddings,
+            "tie_word_embeddings": shape.tie_word_embeddings,
+        }
+        d.update(self.config_defaults)
+        if self.model_type == "llama":
+            d["attention_bias"] = False
+            d["mlp_bias"] = False
+        if shape.sliding_window is not None:
+            d["sliding_window"] = shape.sliding_window
+            if self.model_type == "qwen2":
+                d["use_sliding_window"] = True
+        d.update(shape.extra)
+        return d
+
     def key_map(self, num_layers: int, tie_word_embeddings: bool) -> Dict[str, str]:
         """Explicit internal -> HF key map for a model of this many layers."""
         keys = {k: v for k, v in _GLOBAL_KEYS.items() if not (tie_word_embeddings and k == "lm_head.weight")}

@@ -1,8 +1,8 @@
 """ModelShape: the architecture numbers of a LLaMA-family decoder, named as in Hugging Face configs.
 
 One dataclass shared by the model, the masks (source and target shapes), the trainer and export. It reads
-HF config.json dicts (transformers 4 style `rope_theta`/`rope_scaling` or transformers 5 `rope_parameters`)
-and writes them back with an explicit `head_dim`, because pruning hidden_size or heads keeps the source head_dim.
+HF config.json dicts (transformers 4 style `rope_theta`/`rope_scaling` or transformers 5 `rope_parameters`);
+writing one back is the family's job (``Family.hf_config_dict``: model_type, architecture, defaults).
 """
 from __future__ import annotations
 
@@ -123,34 +123,3 @@ class ModelShape:
             rope_scaling=None if rope_type == "default" else rope, sliding_window=sliding,
             extra={k: c[k] for k in keep if c.get(k) is not None},
         )
-
-    def to_hf_config_dict(self, family) -> dict:
-        """A config.json dict for `family` (a Family or its name); head_dim is always written explicitly."""
-        from megadrp.model.families import get_family
-
-        fam = get_family(family) if isinstance(family, str) else family
-        rope = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if self.rope_scaling:
-            rope.update(self.rope_scaling)
-        d = {
-            "architectures": [fam.architecture], "model_type": fam.model_type, "hidden_act": "silu",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim, "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers, "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta, "rope_parameters": rope,
-            "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings,
-        }
-        d.update(fam.config_defaults)
-        if fam.model_type == "llama":
-            d["attention_bias"] = False
-            d["mlp_bias"] = False
-        if self.sliding_window is not None:
-            d["sliding_window"] = self.sliding_window
-            if fam.model_type == "qwen2":
-                d["use_sliding_window"] = True
-        d.update(self.extra)
-        return d
-
-    to_hf_config = to_hf_config_dict

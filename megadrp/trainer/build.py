@@ -3,8 +3,8 @@
 Pre-flight checks (each a plain error naming the field and the fix): the DeepSpeed JSON against the run
 config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler); the source model's
 config; the target shape against the source (prune mode); the training / held-out binaries present and made
-with the run's tokenizer, every token id inside the model's vocabulary; the distillation teacher's folder,
-vocabulary and tokenizer against the student's (megadrp/distill/teacher.py).
+with the run's tokenizer, every token id inside the model's vocabulary. (The distillation teacher's checks,
+megadrp/distill/teacher.py, run right after, from train.py: distill sits on the trainer.)
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from typing import Optional
 import torch
 
 from megadrp.config import ConfigError, check_deepspeed_json, resolve_precision
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -33,15 +31,7 @@ class Plan:
     eval_datasets: dict
     token_counts: list
     target_shape: Optional[object] = None
-    teacher: Optional[object] = None  # megadrp.distill.TeacherSpec; None: distillation off
-
-
-def _ds_json_path(path: str) -> str:
-    # Recipes name ds_configs/... relative to the repository; accept that from any working directory.
-    if os.path.exists(path) or os.path.isabs(path):
-        return path
-    candidate = REPO_ROOT / path
-    return str(candidate) if candidate.exists() else path
+    teacher: Optional[object] = None  # megadrp.distill.TeacherSpec (set by train.py); None: distillation off
 
 
 def preflight(cfg, world_size: Optional[int] = None) -> Plan:
@@ -51,7 +41,7 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.deepspeed.precision, device_type)
-    ds_config = check_deepspeed_json(_ds_json_path(cfg.deepspeed.config), cfg.optim, precision, world)
+    ds_config = check_deepspeed_json(cfg.deepspeed.config, cfg.optim, precision, world)
 
     if not cfg.model.path:
         raise ConfigError("model.path", cfg.model.path, "give the source model's Hugging Face folder")
@@ -93,9 +83,6 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
         raise ConfigError("data.tokenizer", tokenizer, f"has {tok_vocab} tokens but the model's embedding has "
                           f"{shape.vocab_size}; use the model's own tokenizer")
     counts = [float(ds.num_tokens) for ds in datasets.values()]
-    from megadrp.distill import resolve_teacher
-
-    teacher = resolve_teacher(cfg, shape, tokenizer)
     return Plan(ds_config=ds_config, precision=precision, world_size=world, shape=shape, family=family,
                 weights_path=weights_path, tokenizer_path=tokenizer, datasets=datasets, eval_datasets=eval_datasets,
-                token_counts=counts, target_shape=target, teacher=teacher)
+                token_counts=counts, target_shape=target)

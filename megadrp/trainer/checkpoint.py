@@ -1,7 +1,7 @@
 """Checkpoints: atomic write, a `latest` pointer written last, keep_last pruning, resume and weights-only init.
 
-Layout (ARCHITECTURE.md): RUN_DIR/checkpoints/step_N/ holds DeepSpeed's own files plus megadrp_state.pt and
-tokenizer/; RUN_DIR/checkpoints/latest holds the name of the newest *complete* checkpoint.
+The layout (step_N folders, the state file, the `latest` pointer) and reading it are megadrp.run_format's;
+this module writes it.
 
 Atomicity: everything is written into checkpoints/.tmp_step_N/ (DeepSpeed's shards by every rank, then
 megadrp's state by rank 0 through a temp file), the folder is renamed to step_N, and only then is `latest`
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -21,15 +20,15 @@ from typing import Optional
 import numpy as np
 import torch
 
+from megadrp.run_format import (  # noqa: F401  (resolve, read_state: the trainer reads checkpoints here)
+    LATEST,
+    STATE_FILE,
+    checkpoints_dir,
+    list_checkpoints,
+    read_state,
+    resolve,
+)
 from megadrp.trainer import dist, faults
-
-STATE_FILE = "megadrp_state.pt"
-LATEST = "latest"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def checkpoints_dir(run_dir) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def rng_state() -> dict:
@@ -66,26 +65,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _copy_tokenizer(src: Optional[str], dst: Path) -> None:
-    """Copy the tokenizer files of a folder (skip weights: they are in DeepSpeed's shards)."""
-    if not src or not Path(src).is_dir():
-        return
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in Path(src).iterdir():
-        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "vocab.json",
-                                                                          "merges.txt", "added_tokens.json")):
-            shutil.copy2(f, dst / f.name)
+    """Tokenizer, chat template, generation config, card and license of a folder (megadrp.data.tokenizer_files)."""
+    from megadrp.data.tokenizer_files import copy_model_files
 
-
-def list_checkpoints(run_dir) -> list:
-    """Complete checkpoint folders (step_N with megadrp_state.pt), oldest first."""
-    ck = checkpoints_dir(run_dir)
-    found = []
-    if ck.is_dir():
-        for p in ck.iterdir():
-            m = _STEP_DIR.match(p.name)
-            if m and (p / STATE_FILE).is_file():
-                found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    if src and Path(src).is_dir():
+        copy_model_files([src], dst, keep_source_card=True)
 
 
 def save(engine, run_dir, step: int, state: dict, keep_last: int, tokenizer_src: Optional[str] = None) -> Path:
@@ -118,31 +102,6 @@ def save(engine, run_dir, step: int, state: dict, keep_last: int, tokenizer_src:
                 shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
-
-
-def resolve(spec: str, run_dir) -> Optional[Path]:
-    """The checkpoint folder `--resume` names: 'auto' (latest of run_dir, None if there is none), or a path
-    to a checkpoint folder or to a run directory."""
-    if not spec or spec == "none":
-        return None
-    if spec == "auto":
-        latest = checkpoints_dir(run_dir) / LATEST
-        if not latest.is_file():
-            return None
-        path = checkpoints_dir(run_dir) / latest.read_text().strip()
-    else:
-        path = Path(spec)
-        if not (path / STATE_FILE).is_file() and (checkpoints_dir(path) / LATEST).is_file():
-            path = checkpoints_dir(path) / (checkpoints_dir(path) / LATEST).read_text().strip()
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete megadrp checkpoint (no {STATE_FILE}); give a "
-                                f"RUN_DIR/checkpoints/step_N folder, a run directory, or --resume auto")
-    return path
-
-
-def read_state(path: Path) -> dict:
-    # weights_only=False: the state holds numpy RNG state and config dicts; only load checkpoints you trust.
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
 def load(engine, path: Path, weights_only: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""Process-group set-up for every way megadrp is launched, and the few collectives the trainer needs itself.
+"""Process-group set-up for every way megadrp is launched, and the data-parallel group the trainer's own
+collectives run over (:class:`DataParallelGroup`).
 
 Under `deepspeed`, `torchrun` or `srun` the launcher sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT;
 run in-process (`megadrp prune --nproc 1`) there is no launcher and DeepSpeed would otherwise go looking for
@@ -76,37 +77,75 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_grads_mean(params) -> None:
-    """Average the gradients of side parameters (masks, multipliers) over the data-parallel group.
-
-    They live outside the engine, so DeepSpeed does not reduce them; one flat all-reduce keeps every
-    rank's copy identical after its own optimizer step.
-    """
-    params = [p for p in params if p.grad is not None]
-    if not params or world_size() == 1:
-        return
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size()
-    offset = 0
-    for p in params:
-        n = p.grad.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        offset += n
-
-
 def all_gather_object(obj) -> list:
-    if world_size() == 1:
-        return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    """Over the world group (checkpoint RNG states, start-up errors)."""
+    return DataParallelGroup().all_gather_object(obj)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks; returns a tensor on t's device (NCCL moves only CUDA tensors)."""
-    if world_size() == 1:
-        return t
-    x = t.to(device()) if dist.get_backend() == "nccl" else t
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x.to(t.device)
+    """Sum over the world group; returns a tensor on t's device."""
+    return DataParallelGroup().all_reduce_sum(t)
+
+
+class DataParallelGroup:
+    """The ranks that hold replicas of the replicated side state (masks, multipliers, domain weights) and
+    split each batch: the group every megadrp collective runs over.
+
+    Today megadrp is data-parallel only (ZeRO shards the weights *within* this group), so the trainer builds
+    it over the world group (``process_group=None``, torch's default). One object passed to the tracker, the
+    reweighter, the side optimizer and the replica check (rather than each one assuming the world) is what
+    lets a tensor- or pipeline-parallel split hand them a sub-group later, as megatron-core's parallel_state
+    and torchtitan's DeviceMesh do.
+    """
+
+    def __init__(self, process_group=None):
+        self.process_group = process_group
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.process_group) if dist.is_initialized() else 0
+
+    @property
+    def size(self) -> int:
+        return dist.get_world_size(self.process_group) if dist.is_initialized() else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier(group=self.process_group)
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over the group; returns a tensor on t's device (NCCL moves only CUDA tensors)."""
+        if self.size == 1:
+            return t
+        x = t.to(device()) if dist.get_backend(self.process_group) == "nccl" else t
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=self.process_group)
+        return x.to(t.device)
+
+    def all_reduce_grads_mean(self, params) -> None:
+        """Average the gradients of side parameters (masks, multipliers) over the group.
+
+        They live outside the engine, so DeepSpeed does not reduce them; one flat all-reduce keeps every
+        rank's copy identical after its own optimizer step.
+        """
+        params = [p for p in params if p.grad is not None]
+        if not params or self.size == 1:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.process_group)
+        flat /= self.size
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+    def all_gather_object(self, obj) -> list:
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.process_group)
+        return out

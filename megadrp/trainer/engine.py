@@ -4,7 +4,7 @@ ZeRO-3 partitions each parameter as it is created inside ``zero.Init``, so a 7B 
 one rank. The source weights are read on rank 0 only and copied in one parameter at a time inside
 ``GatheredParameters(modifier_rank=0)``, which re-partitions rank 0's values to every rank on exit. Loading
 happens *before* ``initialize``: ZeRO's fp32 master copy is made from the parameters then (an edit after it
-would be overwritten at the next step, ENVIRONMENT.md pitfall 3).
+would be overwritten at the next step from the master copy; docs/TRAINING.md).
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def build_model(shape, family, ds_config: dict, precision: str, model_cfg):
     """MaskedCausalLM constructed under zero.Init (ZeRO-3) in the training dtype; weights uninitialised."""
     import deepspeed
 
+    from megadrp.kernels.backend import set_backend
     from megadrp.model import MaskedCausalLM
 
+    set_backend(model_cfg.use_kernels)  # every masked op of this process (training and periodic eval)
     dtype = DTYPES[precision]
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
         model = MaskedCausalLM(shape, family, dtype=dtype,

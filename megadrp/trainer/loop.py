@@ -14,17 +14,16 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from megadrp.config import save_config, to_dict
+from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.trainer import checkpoint, dist, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer.build import Plan
+from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
-from megadrp.trainer.modes import get_mode
 from megadrp.trainer.optim import make_weight_optimizer
-from megadrp.trainer.schedule import lr_at, set_lr
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,13 +36,19 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, plan: Plan, resume: str = "none"):
-        self.cfg, self.plan, self.resume_spec = cfg, plan, resume
+    def __init__(self, cfg, plan: Plan, mode, resume: str = "none", distiller=None):
+        """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``);
+        ``distiller``: None, or a callable(trainer) -> KD hook or None, called once the engine exists
+        (``megadrp.distill.make_distiller``)."""
+        self.cfg, self.plan, self.mode, self.resume_spec = cfg, plan, mode, resume
+        self._make_distiller = distiller
         self.shape, self.family = plan.shape, plan.family
         self.device = dist.device()
+        self.group = dist.DataParallelGroup()  # every collective of the loop and the mode runs over it
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint = None
+        self._last_eval_step = None
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -58,23 +63,22 @@ class Trainer:
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
-        self.mode = get_mode(cfg.mode)
         self.mode.setup(self)
-        from megadrp.distill import make_distiller
-
-        self.distill = make_distiller(self)  # None unless distill.alpha > 0
+        self.distill = self._make_distiller(self) if self._make_distiller else None  # None: no distillation
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                            seed=cfg.optim.seed, rank=dist.rank(), world_size=dist.world_size())
-        self.tracker = DomainLossTracker(len(cfg.data.domains))
+                                            seed=cfg.optim.seed, rank=self.group.rank, world_size=self.group.size)
+        self.tracker = DomainLossTracker(len(cfg.data.domains), group=self.group.process_group)
         self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
-                                          target_sparsity=self.mode.final_sparsity())
+                                          target_sparsity=self.mode.final_sparsity(),
+                                          model_params=float(self.shape.num_params()),
+                                          group=self.group.process_group)
         self.sampler.set_weights(self.reweighter.weights)
         self.heldout = None
         if plan.eval_datasets:
-            from megadrp.trainer.heldout import HeldoutEval
+            from megadrp.trainer.periodic_eval import HeldoutEval
 
             self.heldout = HeldoutEval(plan.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                       cfg.logging.eval_batches, plan.tokenizer_path)
+                                       cfg.logging.eval_batches, plan.tokenizer_path, self.group)
         self.metrics = MetricsFile(cfg.run_dir, dist.is_main())
         run_id = None
         if path is not None:
@@ -151,8 +155,7 @@ class Trainer:
             if self.distill:
                 self.distill.run_teacher(tokens[:, :-1])  # no grad, same micro-batch
             logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
-            tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                       reduction="none").view(tokens.shape[0], -1)
+            tok_loss = token_cross_entropy(logits, tokens[:, 1:])
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
             if self.distill:  # (1 - alpha) LM + alpha KD; the tracker above keeps the LM loss (DRO signal)
@@ -177,7 +180,8 @@ class Trainer:
                 f"loss is {loss_total} at step {step}; stopping without checkpointing this state. Last good "
                 f"checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume auto, perhaps "
                 f"with a lower optim.lr)")
-        self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity())
+        self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity(),
+                                eval_losses=self._heldout_for_rule(step))
         new_weights = self.reweighter.maybe_update(step)
         if new_weights is not None:
             self.sampler.set_weights(new_weights)
@@ -188,6 +192,14 @@ class Trainer:
         return {"loss": loss_total, "lm_loss": lm_loss, "lr": lr, "extras": extras,
                 "domain_loss": {d: float(m) for d, m, p in zip(cfg.data.domains, means, present) if p},
                 "tokens": int(count.sum().item())}
+
+    def _heldout_for_rule(self, step: int):
+        """Sheared-LLaMA's rule updates from held-out losses: evaluate at its update steps (an eval record)."""
+        rule = self.reweighter
+        if self.heldout is None or not rule.uses_heldout_losses or step % rule.update_interval:
+            return None
+        losses = self.evaluate(step)["eval_loss"]
+        return [losses.get(d, float("nan")) for d in self.cfg.data.domains]
 
     # ---- the run --------------------------------------------------------------------------------------
     def train(self) -> int:
@@ -212,12 +224,12 @@ class Trainer:
                     self._log_step(step, out, window_tokens / max(window_time, 1e-9))
                     window_tokens, window_time = 0, 0.0
                 if self.heldout is not None and cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 \
-                        and step != cfg.optim.max_steps:
+                        and step != cfg.optim.max_steps and self._last_eval_step != step:
                     self.evaluate(step)
                 if step % cfg.checkpoint.save_interval == 0 or step == cfg.optim.max_steps:
                     self.save()
                 faults.step_sleep()
-            if self.heldout is not None:
+            if self.heldout is not None and self._last_eval_step != self.step:
                 self.evaluate(self.step)
         finally:
             self.wandb.finish()
@@ -238,6 +250,7 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict:
         rec = {"kind": "eval", "step": step, **self.heldout.run(self.engine, self.mode.eval_masks(), self.device)}
+        self._last_eval_step = step
         self.metrics.write(rec)
         self.wandb.log(rec)
         _log(f"eval step {step} | " + " ".join(f"{d}={v:.4f}" for d, v in rec["eval_loss"].items()))
@@ -251,7 +264,6 @@ class Trainer:
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
                  "mode_state": self.mode.state_dict()}
-        state.update(self.mode.state_dict())  # "masks", "lagrangian" at the top level, as export reads them
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)
@@ -268,6 +280,6 @@ class Trainer:
             for t in (v.values() if isinstance(v, dict) else []):
                 if isinstance(t, torch.Tensor):
                     h.update(t.detach().cpu().numpy().tobytes())
-        digests = dist.all_gather_object(h.hexdigest())
+        digests = self.group.all_gather_object(h.hexdigest())
         if len(set(digests)) != 1:
             raise RuntimeError(f"replicated state differs between ranks at step {self.step}: {digests}")

@@ -54,14 +54,17 @@ def make_weight_optimizer(model: torch.nn.Module, optim_cfg, ds_config: Optional
 
 
 class SideOptimizer:
-    """AdamW over the masks (descend) and the Lagrange multipliers (ascend), gradients averaged over ranks.
+    """AdamW over the masks (descend) and the Lagrange multipliers (ascend), gradients averaged over ``group``.
 
-    betas (0.9, 0.95) and weight decay 0 as in the reference method; constant learning rates.
+    betas (0.9, 0.95) and weight decay 0 as in the reference method. ``set_lr_scale(f)`` sets every group's
+    LR to f x its base LR: the trainer passes the weights' warm-up + cosine factor (lr_at / peak), as the
+    reference's scheduler spans every group, or 1.0 with ``pruning.side_lr_schedule: constant``.
     """
 
     def __init__(self, log_alphas: Iterable[torch.nn.Parameter], multipliers: Iterable[torch.nn.Parameter],
-                 lr_log_alpha: float, lr_lambda: float):
+                 lr_log_alpha: float, lr_lambda: float, group: Optional[dist.DataParallelGroup] = None):
         self.log_alphas, self.multipliers = list(log_alphas), list(multipliers)
+        self.group = group or dist.DataParallelGroup()
         groups = []
         if self.log_alphas:
             groups.append({"params": self.log_alphas, "lr": lr_log_alpha, "maximize": False, "name": "log_alpha"})
@@ -69,6 +72,13 @@ class SideOptimizer:
             groups.append({"params": self.multipliers, "lr": lr_lambda, "maximize": True, "name": "lambda"})
         self.optimizer: Optional[torch.optim.AdamW] = (
             torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0, foreach=False) if groups else None)
+        self._base_lrs = [g["lr"] for g in groups]  # kept here: a loaded state_dict overwrites the groups' lr
+
+    def set_lr_scale(self, factor: float) -> None:
+        if self.optimizer is None:
+            return
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
 
     @property
     def params(self) -> list:
@@ -81,7 +91,7 @@ class SideOptimizer:
     def step(self) -> None:
         if self.optimizer is None:
             return
-        dist.all_reduce_grads_mean(self.params)
+        self.group.all_reduce_grads_mean(self.params)
         self.optimizer.step()
         self.zero_grad()
 

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from megadrp.data.corpus_fetch import fetch_debian, fetch_pypi
-from megadrp.data.corpus_formats import FORMAT_FUNCTIONS, man_renderer
-from megadrp.data.corpus_sources import SourceSpec, load_sources
+from megadrp.experiments.corpus_fetch import fetch_debian, fetch_pypi
+from megadrp.experiments.corpus_formats import FORMAT_FUNCTIONS, man_renderer
+from megadrp.experiments.corpus_sources import SourceSpec, load_sources
 
 log = logging.getLogger("megadrp.corpus")
 BUILDER_VERSION = 1

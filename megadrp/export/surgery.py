@@ -4,7 +4,8 @@ Given a source state dict, its shape and the deterministic masks (exact zeros fo
 values for kept ones), fold every mask into the weights exactly once and slice the pruned units away,
 so that a plain Hugging Face decoder of the achieved shape computes the masked model's logits.
 
-Where each mask goes (METHOD.md section 1; x is the residual stream, which carries z_hidden):
+Where each mask goes (the mask placement of Sheared-LLaMA, Xia et al. 2023, which DRPruning follows;
+docs/EXPORT.md; x is the residual stream, which carries z_hidden):
 - z_head (per KV group): rows of v_proj (and its bias): softmax(qk) @ (v * z) == (softmax(qk) @ v) * z.
 - z_layer * z_hidden: output rows of o_proj and down_proj (the only writes into the residual stream
   besides the embedding).
@@ -12,8 +13,10 @@ Where each mask goes (METHOD.md section 1; x is the residual stream, which carri
 - z_hidden: the embedding columns and every RMSNorm weight. The masked RMSNorm takes its variance over
   kept dims only; once pruned dims are sliced away a plain RMSNorm over d' computes the same variance,
   and its output times z_hidden is a norm whose weight is w * z_hidden.
-- The LM head is unmasked in the masked model: it is sliced, never scaled. Hence a tied source whose
-  embedding columns get scaled must be untied (see ``tied``).
+- The LM head is unmasked in the masked model: it is sliced, never scaled, and reads ln_f(x) * z_hidden.
+  A *tied* source keeps one matrix E for both ends, so the final norm's z_hidden moves into E instead:
+  logits = (E * z) (n * w_f) = E (n * w_f * z), and the input side needs E * z anyway. The final norm is
+  then sliced but not scaled, the export stays tied, and z_hidden still enters the logits exactly once.
 Input projections (q, k, v, gate, up, lm_head) read only normed, already z_hidden-scaled activations,
 so their hidden columns are sliced but not scaled: scaling them too would fold z_hidden twice.
 """
@@ -24,7 +27,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-FAMILIES = ("layer", "head", "intermediate", "hidden")
+from megadrp.model.units import FAMILIES, mask_shape
 
 # HF parameter names shared by LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM.
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
@@ -33,11 +36,6 @@ LAYER = "model.layers.{}."
 
 class ExportError(ValueError):
     """A checkpoint or mask set that cannot be exported as asked; the message says why and what to do."""
-
-
-def _source_sizes(shape) -> dict[str, int]:
-    return {"layer": shape.num_hidden_layers, "head": shape.num_key_value_heads,
-            "intermediate": shape.intermediate_size, "hidden": shape.hidden_size}
 
 
 def normalize_masks(masks: Optional[Mapping[str, torch.Tensor]], shape) -> dict[str, torch.Tensor]:
@@ -51,10 +49,10 @@ def normalize_masks(masks: Optional[Mapping[str, torch.Tensor]], shape) -> dict[
     unknown = set(masks) - set(FAMILIES)
     if unknown:
         raise ExportError(f"unknown mask families {sorted(unknown)}; expected a subset of {list(FAMILIES)}")
-    sizes, num_layers = _source_sizes(shape), shape.num_hidden_layers
+    num_layers = shape.num_hidden_layers
     out = {}
     for name in FAMILIES:
-        full = (num_layers, sizes[name]) if name in ("head", "intermediate") else (sizes[name],)
+        full = mask_shape(shape, name)
         z = masks.get(name)
         if z is None:
             out[name] = torch.ones(full)
@@ -114,8 +112,8 @@ def prune_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], shape,
     """Fold and slice an HF-named state dict; returns (pruned HF state dict, achieved shape).
 
     Math runs in fp32 (float64 stays float64); the caller casts to the export dtype. The achieved shape's
-    ``tie_word_embeddings`` is False when the source was tied but the folded embedding differs from the
-    sliced LM head (the masked model's LM head is unmasked, its embedding is not).
+    ``tie_word_embeddings`` follows the source: a tied source (no ``lm_head.weight``, or one equal to the
+    embedding) folds the final norm's z_hidden into the shared embedding and stays tied.
     """
     z = normalize_masks(masks, shape)
     target = achieved_shape(z, shape)
@@ -135,10 +133,11 @@ def prune_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], shape,
     z_hid = z["hidden"][hid].to(dtype)
     out: dict[str, torch.Tensor] = {}
     embed = get(EMBED)[:, hid]
-    out[EMBED] = embed * z_hid
-    out[FINAL_NORM] = get(FINAL_NORM)[hid] * z_hid
     head = get(LM_HEAD)[:, hid] if LM_HEAD in hf_sd else embed  # tied sources may omit lm_head
-    tied = bool(getattr(shape, "tie_word_embeddings", False)) and torch.equal(head, out[EMBED])
+    tied = bool(getattr(shape, "tie_word_embeddings", False)) and torch.equal(head, embed)
+    out[EMBED] = embed * z_hid
+    # Tied: the final norm's z_hidden lives in the shared embedding (module docstring); untied: in the norm.
+    out[FINAL_NORM] = get(FINAL_NORM)[hid] * (1.0 if tied else z_hid)
     if not tied:
         out[LM_HEAD] = head
     target = dataclasses.replace(target, tie_word_embeddings=tied)

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from megadrp.export.prune import ExportError
+from megadrp import run_format
+from megadrp.export.surgery import ExportError
+from megadrp.run_format import STATE_FILE
 
-STATE_FILE = "megadrp_state.pt"
 REQUIRED_STATE = ("family", "source_shape", "mode", "config")
 
 
@@ -24,31 +25,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path} does not exist")
-    for candidate in (path, path / "checkpoints"):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-        latest = candidate / "latest"
-        if latest.is_dir():  # a symlink to the newest step_N
-            return resolve_checkpoint(latest.resolve())
-        if latest.is_file():  # DeepSpeed-style: a file holding the tag (or a path)
-            tag = latest.read_text().strip()
-            target = Path(tag) if Path(tag).is_absolute() else candidate / tag
-            if (target / STATE_FILE).is_file():
-                return target
-            raise ExportError(f"{latest} points at {target}, which holds no {STATE_FILE}: the checkpoint "
-                              f"is incomplete or was deleted; pass a step_N folder explicitly")
-    raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no checkpoints/latest "
-                      f"under it. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder written by the trainer")
+    found = run_format.find_checkpoint(path)
+    if found is None:
+        pointed = run_format.read_latest(path.parent if path.name == "checkpoints" else path)
+        why = f" (its latest names {pointed.name}, which is incomplete or was deleted)" if pointed else ""
+        raise ExportError(f"{path} is not a megadrp checkpoint: no {STATE_FILE} there, and no complete step_N "
+                          f"under its checkpoints/{why}. Pass RUN_DIR, RUN_DIR/checkpoints/step_N, or a folder "
+                          f"written by the trainer")
+    return found
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    """megadrp's own state (``torch.load(weights_only=False)``: load checkpoints only from trusted runs)."""
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    """megadrp's own state, checked for what export needs (load checkpoints only from trusted runs)."""
+    state = run_format.read_state(ckpt)
     missing = [k for k in REQUIRED_STATE if k not in state]
     if missing:
         raise ExportError(f"{ckpt / STATE_FILE} lacks {missing}: not written by a megadrp trainer of this version")
-    if state["mode"] == "prune" and state.get("masks") is None:
-        raise ExportError(f"{ckpt / STATE_FILE} is a prune checkpoint without 'masks'; cannot compute the pruned shape")
+    if state["mode"] == "prune" and run_format.mode_state(state).get("masks") is None:
+        raise ExportError(f"{ckpt / STATE_FILE} is a prune checkpoint without masks; cannot compute the pruned shape")
     return state
 
 

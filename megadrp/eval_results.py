@@ -31,19 +31,25 @@ def markdown_table(results: dict[str, dict], metric: str = "bits_per_byte") -> s
     return "\n".join(lines) + "\n"
 
 
+def protocol_line(results: dict[str, dict]) -> str:
+    """The held-out protocol of ``{label: result}`` in one sentence (docs/EVALUATION.md)."""
+    p = next(iter(results.values()), {}).get("protocol", {})
+    return (f"Protocol (docs/EVALUATION.md): windows of {p.get('seq_length')} tokens, at most "
+            f"{p.get('max_windows') or 'all'} per domain, documents joined by EOS; bits per byte over the exact "
+            "UTF-8 bytes of the predicted tokens.\n")
+
+
 def markdown_report(results: dict[str, dict], tasks: dict | None = None) -> str:
-    """Tables of bits per byte, loss and perplexity, the protocol, skipped domains and lm-eval results."""
+    """Tables of bits per byte, loss and perplexity, the protocol, skipped domains and lm-eval results.
+
+    Models evaluated on lm-eval tasks only (``megadrp eval`` without ``--corpus``) have no held-out tables."""
     if "domains" in results:
         results = {"model": results}
-    first = next(iter(results.values()))
-    p = first.get("protocol", {})
-    parts = ["# Held-out evaluation\n",
-             f"Protocol (docs/EVALUATION.md): windows of {p.get('seq_length')} tokens, at most "
-             f"{p.get('max_windows') or 'all'} per domain, documents joined by EOS; bits per byte over the exact "
-             "UTF-8 bytes of the predicted tokens.\n"]
-    for metric in METRICS:
-        parts.append(markdown_table(results, metric))
-    for label, res in results.items():
+    held = {label: res for label, res in results.items() if "domains" in res}
+    parts = ["# Held-out evaluation\n", protocol_line(held)] if held else ["# Evaluation\n"]
+    for metric in METRICS if held else ():
+        parts.append(markdown_table(held, metric))
+    for label, res in held.items():
         for d, reason in res.get("skipped", {}).items():
             parts.append(f"- {label}: domain `{d}` skipped: {reason}")
     if tasks:

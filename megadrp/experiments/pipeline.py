@@ -7,7 +7,6 @@ command to look at; finished stages are kept.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -15,7 +14,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megadrp import run_format
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class StageFailed(RuntimeError):
@@ -99,19 +100,12 @@ def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[s
     return prefixes
 
 
-def latest_step(run_dir: str) -> int:
-    steps = []
-    for path in glob.glob(os.path.join(run_dir, "checkpoints", "step_*")):
-        tail = path.rsplit("_", 1)[1]
-        if tail.isdigit() and os.path.isdir(path):
-            steps.append(int(tail))
-    return max(steps, default=-1)
-
-
 def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, overrides: list[str]) -> None:
     """`megadrp MODE` to max_steps, resuming a killed run; skipped when its final checkpoint exists."""
-    if latest_step(run_dir) >= max_steps:
-        print(f"cached: {run_dir} finished at step {latest_step(run_dir)}")
+    newest = run_format.newest_complete(run_dir)
+    done = int(newest.name.split("_")[1]) if newest else -1
+    if done >= max_steps:
+        print(f"cached: {run_dir} finished at step {done}")
         return
     run(megadrp(mode, "--config", config, "--nproc", str(nproc), "--resume", "auto", f"run_dir={run_dir}",
                 f"optim.max_steps={max_steps}", *overrides))
@@ -119,7 +113,7 @@ def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, over
 
 def export(run_dir: str, out_dir: str, dtype: str = "float32") -> str:
     """`megadrp export` of the run's latest checkpoint, unless an export newer than it exists."""
-    if newer(os.path.join(out_dir, "config.json"), os.path.join(run_dir, "checkpoints", "latest")):
+    if newer(os.path.join(out_dir, "config.json"), str(run_format.checkpoints_dir(run_dir) / run_format.LATEST)):
         print(f"cached: {out_dir}")
         return out_dir
     run(megadrp("export", run_dir, "--output", out_dir, "--dtype", dtype, "--no-progress"))
@@ -150,6 +144,8 @@ def evaluate(models: dict[str, str], corpus: str, out_json: str, seq_length: int
                       "--markdown", os.path.splitext(out_json)[0] + ".md")
         if device:
             cmd += ["--device", device]
+        if any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values()):
+            cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
         # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
         run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
     with open(out_json, encoding="utf-8") as fh:

@@ -8,15 +8,14 @@ from __future__ import annotations
 from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from megadrp.dress.regularizer import DressRegularizer
+from megadrp.kernels.cross_entropy import token_cross_entropy
 
 
 def lm_loss(model, tokens: torch.Tensor, masks=None) -> torch.Tensor:
     """Mean next-token cross-entropy of tokens [B, T+1]."""
-    logits = model(tokens[:, :-1], masks)
-    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+    return token_cross_entropy(model(tokens[:, :-1], masks), tokens[:, 1:]).mean()
 
 
 def train_steps(model, batches: Iterator[torch.Tensor], steps: int, lr: float,

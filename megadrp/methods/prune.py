@@ -1,74 +1,17 @@
-"""What differs between run modes, behind a few hooks, so the step loop never branches on the mode.
+"""``prune``: learned hard-concrete masks pulled to the target shape by a Lagrangian (DRPruning / Sheared-LLaMA).
 
-A mode supplies the masks of a forward pass, extra loss terms (added to the mean token CE of the same
-forward), a post-step hook, its metrics and its checkpoint state. ``prune`` trains hard-concrete masks with
-a Lagrangian; ``cpt`` is dense. Another mode (DReSS's regularisation: an extra penalty term and a post-step
-hook) registers itself with :func:`register_mode` from its own package (``megadrp.<name>.mode`` is imported
-on first use), without editing the loop.
+Masks are sampled per micro-step (identical on every rank); the masks and multipliers are small fp32 modules
+outside the engine, optimised by the SideOptimizer, and checkpointed in the mode's state.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
+from megadrp.methods.base import Mode
+from megadrp.trainer.lr_schedule import lr_at
 from megadrp.trainer.optim import SideOptimizer
-
-
-class Mode:
-    """Dense training with no extras: the base every mode refines."""
-
-    name = "base"
-
-    def setup(self, trainer) -> None:
-        """Called once the engine exists (trainer.cfg, .shape, .device, .engine are set)."""
-        self.trainer = trainer
-
-    def calibrate(self, trainer) -> Optional[dict]:
-        """Once, before step 1 of a fresh run (a resumed run restores the result); returns a metrics record."""
-        return None
-
-    def train_masks(self, step: int, micro_step: int) -> Optional[Dict[str, torch.Tensor]]:
-        return None
-
-    def eval_masks(self) -> Optional[Dict[str, torch.Tensor]]:
-        return None
-
-    def loss_terms(self, step: int, micro_step: int) -> Dict[str, torch.Tensor]:
-        """Extra scalar losses added to this micro-batch's mean CE (same forward; each logged by name)."""
-        return {}
-
-    def zero_grad(self) -> None:
-        pass
-
-    def after_step(self, step: int) -> None:
-        """After the engine's optimizer step of ``step`` (1-based)."""
-
-    def sparsity(self) -> Optional[float]:
-        """Current expected fraction of parameters removed (fed to the reweighting rule), or None."""
-        return None
-
-    def final_sparsity(self) -> Optional[float]:
-        return None
-
-    def metrics(self, step: int) -> dict:
-        return {}
-
-    def step_line(self, record: dict) -> str:
-        return ""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class CptMode(Mode):
-    """Continued pretraining of a dense (exported) model; domain reweighting stays on in the loop."""
-
-    name = "cpt"
 
 
 class PruneMode(Mode):
@@ -78,16 +21,18 @@ class PruneMode(Mode):
 
     def setup(self, trainer) -> None:
         from megadrp.masks import Lagrangian, MaskSet
+        from megadrp.masks.controller import make_controller
 
         super().setup(trainer)
         cfg = trainer.cfg
         # Masks and multipliers are plain fp32 modules on the local device, outside the engine: ZeRO-3
-        # would partition them (ARCHITECTURE.md, Masks).
+        # would partition them (docs/ARCHITECTURE.md, Masks).
         self.masks = MaskSet(trainer.shape, cfg.pruning.target, init_mean=cfg.pruning.log_alpha_init,
                              temperature=cfg.pruning.temperature, seed=cfg.optim.seed, device=trainer.device)
         self.lagrangian = Lagrangian(self.masks.families).to(trainer.device)
         self.side = SideOptimizer(self.masks.parameters(), self.lagrangian.parameters(),
-                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda)
+                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda, group=trainer.group)
+        self.controller = make_controller(cfg.pruning.controller, self.masks, self.lagrangian)
         self.source_params = float(trainer.shape.num_params())
         self.seed, self.max_steps = cfg.optim.seed, cfg.optim.max_steps
         self.warmup_fraction = cfg.pruning.warmup_fraction
@@ -101,15 +46,14 @@ class PruneMode(Mode):
             return None
         from megadrp.data import DomainMixtureSampler
         from megadrp.masks.outliers import massive_dims, residual_rms
-        from megadrp.trainer import dist
 
-        cfg = trainer.cfg
+        cfg, group = trainer.cfg, trainer.group
         probe = DomainMixtureSampler(trainer.plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                     seed=cfg.optim.seed + 1, rank=dist.rank(), world_size=dist.world_size(),
+                                     seed=cfg.optim.seed + 1, rank=group.rank, world_size=group.size,
                                      weights=trainer.reweighter.weights)
         tokens = probe.next_batch()["tokens"][:, :-1].to(trainer.device)
         model = getattr(trainer.engine, "module", trainer.engine)
-        rms = residual_rms(model, lambda: trainer.engine(tokens, None), dist.all_reduce_sum)
+        rms = residual_rms(model, lambda: trainer.engine(tokens, None), group.all_reduce_sum)
         dims = massive_dims(rms, ratio)
         self.masks.protect_hidden(dims)
         return {"kind": "calibration", "step": 0, "protected_hidden": dims,
@@ -134,8 +78,12 @@ class PruneMode(Mode):
         self.side.zero_grad()
 
     def after_step(self, step):
+        o = self.trainer.cfg.optim
+        if self.trainer.cfg.pruning.side_lr_schedule == "weights":  # the reference's scheduler spans every group
+            self.side.set_lr_scale(lr_at(step - 1, o.max_steps, 1.0, o.warmup_steps, o.min_lr_ratio))
+        self.controller.before_step()
         self.side.step()
-        self.masks.clamp_()
+        self.controller.after_step(self._targets(step))
 
     @torch.no_grad()
     def sparsity(self):
@@ -161,29 +109,10 @@ class PruneMode(Mode):
 
     def state_dict(self):
         return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
-                "side_optimizer": self.side.state_dict()}
+                "side_optimizer": self.side.state_dict(), "controller": self.controller.state_dict()}
 
     def load_state_dict(self, state):
         self.masks.load_state_dict(state["masks"])
         self.lagrangian.load_state_dict(state["lagrangian"])
         self.side.load_state_dict(state.get("side_optimizer") or {})
-
-
-MODES = {"prune": PruneMode, "cpt": CptMode}
-
-
-def register_mode(name: str, cls) -> None:
-    MODES[name] = cls
-
-
-def get_mode(name: str) -> Mode:
-    if name not in MODES:
-        try:  # a mode living in its own package registers itself on import
-            importlib.import_module(f"megadrp.{name}.mode")
-        except ModuleNotFoundError as err:
-            if not (err.name or "").startswith("megadrp"):
-                raise
-        if name not in MODES:
-            raise NotImplementedError(f"mode {name!r} has no trainer hooks yet (expected megadrp/{name}/mode.py "
-                                      f"calling megadrp.trainer.modes.register_mode)")
-    return MODES[name]()
+        self.controller.load_state_dict(state.get("controller") or {})

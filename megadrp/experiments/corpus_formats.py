@@ -15,7 +15,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from megadrp.data.roff import render_roff
+from megadrp.experiments.roff import render_roff
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -96,7 +96,7 @@ def fmt_fortune(files, root):
 
 
 def man_renderer() -> str:
-    """'man+col' when both tools exist here, else 'python-roff' (megadrp.data.roff)."""
+    """'man+col' when both tools exist here, else 'python-roff' (megadrp.experiments.roff)."""
     return "man+col" if shutil.which("man") and shutil.which("col") else "python-roff"
 
 

@@ -1,6 +1,6 @@
 """The trainer's ``dress`` mode: select once, regularise under the schedule, export the cut model at the end.
 
-Registered with megadrp.trainer.modes (imported on first use of mode ``dress``). Per step the mode adds
+One of megadrp.methods' registered modes. Per step the mode adds
 ``dress_penalty`` = coefficient(step) * penalty of the forward just run (hooks on the engine's modules, so it
 is correct under ZeRO-3) and logs the selected slices' norms. After the last step it writes the pruned dense
 HF folder to ``RUN_DIR/pruned`` through megadrp.export; finetune that folder with ``megadrp cpt``
@@ -17,7 +17,7 @@ from pathlib import Path
 from megadrp.dress.regularizer import DressRegularizer
 from megadrp.dress.scoring import score_units
 from megadrp.dress.select import select_units
-from megadrp.trainer.modes import Mode, register_mode
+from megadrp.methods.base import Mode
 
 
 def _zero3(module) -> bool:
@@ -91,18 +91,15 @@ class DressMode(Mode):
         return out
 
     def export(self, out_dir: Path) -> None:
-        from megadrp.dress.prune import export_pruned
-        from megadrp.trainer import dist
+        from megadrp.dress.cut import export_pruned
 
         sd = self.full_state_dict()  # every rank takes part in the gathers
-        if dist.is_main():
+        if self.trainer.group.is_main:
             cfg = self.trainer.cfg
             export_pruned(sd, self.trainer.shape, self.trainer.family, self.masks, out_dir,
                           tokenizer_src=self.trainer.plan.tokenizer_path, dtype=cfg.export.dtype,
                           source_model_dir=cfg.model.path)
             print(f"[megadrp] dress: pruned model written to {out_dir}; finetune it with "
                   f"`megadrp cpt --config ... model.path={out_dir}`", flush=True)
-        dist.barrier()
+        self.trainer.group.barrier()
 
-
-register_mode("dress", DressMode)

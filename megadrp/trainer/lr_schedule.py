@@ -2,7 +2,8 @@
 
 DeepSpeed's config schedulers (WarmupLR, WarmupCosineLR) overwrite the LR of every parameter group, so they
 cannot leave the mask and multiplier groups alone; megadrp computes the weight LR here and writes it into the
-engine optimizer's groups itself. Mask / multiplier LRs stay constant, as in the reference method.
+engine optimizer's groups itself. The mask / multiplier groups (SideOptimizer) follow the same factor
+(lr_at / peak), as the reference's scheduler spans every group, unless ``pruning.side_lr_schedule: constant``.
 """
 from __future__ import annotations
 
