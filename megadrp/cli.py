@@ -20,6 +20,8 @@ COMMANDS = {
              "Per-domain loss, perplexity and bits per byte of a model folder or checkpoint."),
     "preprocess": ("megadrp.data.preprocess", "main",
                    "Tokenise text/JSONL/parquet/HF datasets into Megatron .bin/.idx."),
+    "plan": ("megadrp.plan.report", "main",
+             "Memory plan of a recipe on N GPUs: parameters, per-GPU memory, whether it fits, time."),
     "report": ("megadrp.eval.report", "main", "Plots and a markdown summary from a run's metrics file."),
     "config": ("megadrp.cli", "config_main", "List every config field with its default and documentation."),
 }

@@ -6,7 +6,8 @@
     megadrp prune --config configs/X.yaml --nproc 2       (starts the deepspeed launcher, or runs in-process for 1)
 
 Order of work: parse, load + validate the config, pre-flight checks (DeepSpeed JSON vs config and world size,
-target vs source, data and tokenizer) -- all before any process group or model exists -- then train.
+target vs source, data and tokenizer, the memory plan: megadrp/plan/) -- all before any process group or model exists
+-- then train.
 Exit codes: 0 done, 2 configuration / input error, 3 training diverged (NaN/inf loss).
 """
 from __future__ import annotations
@@ -64,6 +65,10 @@ def run(argv: list[str], mode: str | None = None) -> int:
         from megadrp.distill import make_distiller, resolve_teacher
 
         plan.teacher = resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
+        from megadrp.plan.report import startup_check
+
+        # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
+        startup_check(cfg, plan, log=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if _is_main_env():
             print(f"megadrp {mode or 'train'}: {err}", file=sys.stderr)

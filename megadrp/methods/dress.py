@@ -78,22 +78,26 @@ class DressMode(Mode):
 
     # ---- the cut ------------------------------------------------------------------------------------------
     def full_state_dict(self) -> dict:
-        """The model's whole weights on CPU (gathered one parameter at a time under ZeRO-3)."""
+        """The model's whole fp32 weights on rank 0's CPU ({} on the other ranks). Collective under ZeRO-3: one
+        parameter is gathered at a time, and only rank 0 keeps a copy, so no rank but 0 ever holds more than
+        one gathered parameter (before, every rank kept the whole model: ~28 GB per rank at 7B)."""
+        keep = self.trainer.group.is_main
         out = {}
         for name, p in self.module.named_parameters():
             if hasattr(p, "ds_id"):
                 import deepspeed
 
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    out[name] = p.detach().float().cpu().clone()
-            else:
+                    if keep:
+                        out[name] = p.detach().float().cpu().clone()
+            elif keep:
                 out[name] = p.detach().float().cpu()
         return out
 
     def export(self, out_dir: Path) -> None:
         from megadrp.dress.cut import export_pruned
 
-        sd = self.full_state_dict()  # every rank takes part in the gathers
+        sd = self.full_state_dict()  # every rank takes part in the gathers; rank 0 keeps the weights
         if self.trainer.group.is_main:
             cfg = self.trainer.cfg
             export_pruned(sd, self.trainer.shape, self.trainer.family, self.masks, out_dir,

@@ -100,10 +100,11 @@ class Family:
             raise KeyError(f"{self.name} checkpoint does not match the {self.name} key map: "
                            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
-        out = {ik: hf_sd[hk] for ik, hk in kmap.items()}
         if tied:
-            out["lm_head.weight"] = out["embed_tokens.weight"]
-        return out
+            kmap = dict(kmap, **{"lm_head.weight": kmap["embed_tokens.weight"]})
+        if hasattr(hf_sd, "renamed"):  # lazily read weights (megadrp/model/lazy_weights.py) stay lazy
+            return hf_sd.renamed(kmap)
+        return {ik: hf_sd[hk] for ik, hk in kmap.items()}
 
     def internal_to_hf(self, internal_sd: Dict[str, torch.Tensor],
                        tie_word_embeddings: Optional[bool] = None) -> Dict[str, torch.Tensor]:

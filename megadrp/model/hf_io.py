@@ -50,7 +50,8 @@ def _load_file(f: Path) -> Dict[str, torch.Tensor]:
 
 
 def read_hf_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """{hf_key: tensor} on CPU from model.safetensors[.index.json] or pytorch_model.bin[.index.json]."""
+    """{hf_key: tensor} on CPU from model.safetensors[.index.json] or pytorch_model.bin[.index.json]: the whole
+    model in host memory. Loaders that copy tensor by tensor use megadrp.model.lazy_weights.open_hf_weights."""
     p = Path(path)
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
@@ -68,12 +69,18 @@ def read_hf_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 def load_pretrained(path: PathLike, family: str = "auto", dtype: torch.dtype = torch.float32,
                     **model_kwargs) -> MaskedCausalLM:
     """A MaskedCausalLM with the folder's weights (cast to dtype). model_kwargs go to MaskedCausalLM."""
+    from megadrp.model.lazy_weights import open_hf_weights, shape_of
+
     shape, fam = read_shape(path, family)
-    internal = fam.hf_to_internal(read_hf_state_dict(path))
+    internal = fam.hf_to_internal(open_hf_weights(path))
     model = MaskedCausalLM(shape, fam, dtype=dtype, **model_kwargs)
     own = model.state_dict()
-    for k, v in internal.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != config shape {tuple(own[k].shape)}")
-    model.load_state_dict(internal, strict=True)
+    if set(own) != set(internal):
+        raise KeyError(f"{path}: weights {sorted(set(internal) ^ set(own))[:8]} do not match the model's parameters")
+    for k in own:
+        if tuple(own[k].shape) != shape_of(internal, k):
+            raise ValueError(f"{k}: checkpoint shape {shape_of(internal, k)} != config shape {tuple(own[k].shape)}")
+    with torch.no_grad():  # one source tensor in memory at a time (safetensors), besides the model itself
+        for k, t in own.items():
+            t.copy_(internal[k])
     return model

@@ -1,7 +1,8 @@
 """The DeepSpeed engine: the model built under ``zero.Init``, HF weights streamed in, ``deepspeed.initialize``.
 
 ZeRO-3 partitions each parameter as it is created inside ``zero.Init``, so a 7B model never exists whole on
-one rank. The source weights are read on rank 0 only and copied in one parameter at a time inside
+one rank. The source weights are read on rank 0 only, one tensor at a time from the safetensors shards
+(megadrp/model/lazy_weights.py, so host memory holds one source tensor, not the model), and copied inside
 ``GatheredParameters(modifier_rank=0)``, which re-partitions rank 0's values to every rank on exit. Loading
 happens *before* ``initialize``: ZeRO's fp32 master copy is made from the parameters then (an edit after it
 would be overwritten at the next step from the master copy; docs/TRAINING.md).
@@ -37,28 +38,32 @@ def build_model(shape, family, ds_config: dict, precision: str, model_cfg):
     return model
 
 
-def _read_source_weights(path: str, family) -> dict:
-    from megadrp.model import read_hf_state_dict
+def _read_source_weights(path: str, family):
+    """{internal name: tensor}, read one tensor at a time on access (safetensors; .bin is read whole)."""
+    from megadrp.model.lazy_weights import open_hf_weights
 
-    return family.hf_to_internal(read_hf_state_dict(path))
+    return family.hf_to_internal(open_hf_weights(path))
 
 
-def load_source_weights(model, path: str, family, ds_config: dict) -> None:
-    """Copy the HF folder's weights into the (possibly partitioned) model; checked on rank 0, error on all ranks."""
+def load_source_weights(model, path: str, family, ds_config: dict, read=None) -> None:
+    """Copy the HF folder's weights into the (possibly partitioned) model; checked on rank 0, error on all ranks.
+    ``read(path, family) -> {internal name: tensor}`` replaces the HF reader (e.g. a consolidated checkpoint)."""
     import deepspeed
+
+    from megadrp.model.lazy_weights import shape_of
 
     zero3 = zero_stage(ds_config) == 3
     state: Optional[dict] = None
     error = ""
     if dist.is_main():
         try:
-            state = _read_source_weights(path, family)
+            state = (read or _read_source_weights)(path, family)
             for name, p in model.named_parameters():
                 want = tuple(getattr(p, "ds_shape", p.shape))
                 if name not in state:
                     raise KeyError(f"{path}: no weight for {name}")
-                if tuple(state[name].shape) != want:
-                    raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, the model expects {want}")
+                if shape_of(state, name) != want:
+                    raise ValueError(f"{path}: {name} has shape {shape_of(state, name)}, the model expects {want}")
         except Exception as err:  # reported on every rank so none waits in a collective
             error = f"{type(err).__name__}: {err}"
     error = dist.all_gather_object(error)[0]

@@ -17,7 +17,7 @@ import torch
 
 from megadrp.config import save_config, to_dict
 from megadrp.kernels.cross_entropy import token_cross_entropy
-from megadrp.trainer import checkpoint, dist, faults
+from megadrp.trainer import checkpoint, dist, elastic, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer.build import Plan
@@ -58,8 +58,17 @@ class Trainer:
         cfg, plan = self.cfg, self.plan
         torch.manual_seed(cfg.optim.seed)
         path = checkpoint.resolve(self.resume_spec, cfg.run_dir)
+        # At another world size than the checkpoint's: its universal conversion, and ds_config set to load it.
+        self.engine_state_path = elastic.prepare_resume(path, plan.ds_config, self.group.size)
+        init = None
+        if path is None and cfg.checkpoint.init_from and plan.weights_path != cfg.checkpoint.init_from:
+            init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)  # a checkpoint, not an HF folder
         model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
-        if path is None:  # a resumed run takes every weight from the checkpoint: skip reading the source
+        if init is not None:  # weights only, any world size: the fp32 weights consolidated from every shard
+            _log(f"initialising weights from {init} (weights only)")
+            engine_mod.load_source_weights(model, init, self.family, plan.ds_config,
+                                           read=elastic.read_checkpoint_weights)
+        elif path is None:  # a resumed run takes every weight from the checkpoint: skip reading the source
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
@@ -83,12 +92,6 @@ class Trainer:
         run_id = None
         if path is not None:
             run_id = self._restore(path)
-        elif cfg.checkpoint.init_from and plan.weights_path != cfg.checkpoint.init_from:
-            # An HF folder was already loaded as the source weights (build.preflight); this is a checkpoint
-            # (or a run directory): its module weights only, same world size (ZeRO-3 shards are per rank).
-            init = checkpoint.resolve(cfg.checkpoint.init_from, cfg.run_dir)
-            _log(f"initialising weights from {init} (weights only)")
-            checkpoint.load(self.engine, init, weights_only=True)
         if path is None:  # a resumed run restores both from its checkpoint
             self._calibrate()
             if self.heldout is not None and self.reweighter.needs_reference_losses():
@@ -130,7 +133,7 @@ class Trainer:
         state = checkpoint.read_state(path)
         if state["mode"] != self.cfg.mode:
             raise ValueError(f"{path} is a {state['mode']} checkpoint; this run is {self.cfg.mode}")
-        checkpoint.load(self.engine, path)
+        checkpoint.load(self.engine, self.engine_state_path)
         self.mode.load_state_dict(state.get("mode_state", {}))
         self.sampler.load_state_dict(state["sampler"])
         self.reweighter.load_state_dict(state["reweighter"])

@@ -1,0 +1,104 @@
+"""Hugging Face weights read one tensor at a time: a mapping over a folder's safetensors shards.
+
+``open_hf_weights(path)`` returns ``{hf_key: tensor}`` whose values are read from their shard on access
+(``safetensors.safe_open``, the file mapped for that one read), so a loader that copies parameter by parameter
+never holds more than one tensor of the source in host memory: loading a 70B source under ``zero.Init`` on
+rank 0 needs one weight matrix (~2 GiB in bf16 at 70B: the embedding), not the 140 GB model; the eager reader
+kept every shard mapped, and once touched, resident (docs/BENCHMARKS.md, "Loading"). Shapes and
+dtypes are read from the shard headers without reading the data. ``pytorch_model.bin`` folders cannot be read
+lazily (a pickle is read whole): they come back as a plain dict.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Dict, Iterator, Tuple
+
+import torch
+
+
+class LazyHFWeights(Mapping):
+    """Read-only ``{hf_key: tensor}`` over safetensors files; each access reads that tensor (a fresh CPU copy)."""
+
+    def __init__(self, files_by_key: Dict[str, Path]):
+        self._file = dict(files_by_key)
+
+    def _open(self, key: str):
+        # A handle per access: a cached one would keep every touched page of the shard mapped (resident),
+        # so the process would end up holding the whole file anyway. Opening reads only the JSON header.
+        from safetensors import safe_open
+
+        if key not in self._file:
+            raise KeyError(key)
+        return safe_open(str(self._file[key]), framework="pt", device="cpu")
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        with self._open(key) as fh:
+            return fh.get_tensor(key)
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        """The tensor's shape from the shard header (no data read)."""
+        with self._open(key) as fh:
+            return tuple(fh.get_slice(key).get_shape())
+
+    def __contains__(self, key) -> bool:  # Mapping's default would read the tensor
+        return key in self._file
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file)
+
+    def __len__(self) -> int:
+        return len(self._file)
+
+    def renamed(self, names: Dict[str, str]) -> "RenamedWeights":
+        """A view ``{new_name: self[old_name]}`` for ``names = {new_name: old_name}`` (still lazy)."""
+        return RenamedWeights(self, names)
+
+
+class RenamedWeights(Mapping):
+    """``LazyHFWeights`` under other names (e.g. megadrp's internal parameter names); lazy like its source."""
+
+    def __init__(self, source: LazyHFWeights, names: Dict[str, str]):
+        self._source, self._names = source, dict(names)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._source[self._names[key]]
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        return self._source.shape(self._names[key])
+
+    def __contains__(self, key) -> bool:
+        return key in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _safetensors_files(p: Path) -> Dict[str, Path]:
+    """{hf_key: shard file} from model.safetensors.index.json, or from model.safetensors's own header."""
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        return {k: p / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    from safetensors import safe_open
+
+    with safe_open(str(p / "model.safetensors"), framework="pt", device="cpu") as fh:
+        return {k: p / "model.safetensors" for k in fh.keys()}
+
+
+def open_hf_weights(path) -> Mapping:
+    """A folder's weights: lazy for safetensors (single or sharded), an eagerly read dict for .bin folders."""
+    p = Path(path)
+    if (p / "model.safetensors.index.json").exists() or (p / "model.safetensors").exists():
+        return LazyHFWeights(_safetensors_files(p))
+    from megadrp.model.hf_io import read_hf_state_dict
+
+    return read_hf_state_dict(p)
+
+
+def shape_of(weights: Mapping, key: str) -> Tuple[int, ...]:
+    """Shape of ``weights[key]``, from the header when the mapping is lazy."""
+    return weights.shape(key) if hasattr(weights, "shape") else tuple(weights[key].shape)
