@@ -62,6 +62,9 @@ def run(argv: list[str], mode: str | None = None) -> int:
         from megadrp.trainer.build import preflight
 
         plan = preflight(cfg)
+        from megadrp.distill import make_distiller, resolve_teacher
+
+        plan.teacher = resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
         from megadrp.plan.report import startup_check
 
         # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
@@ -76,7 +79,8 @@ def run(argv: list[str], mode: str | None = None) -> int:
     dist.ensure_single_process_env()
     dist.init_distributed()
     try:
-        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume).setup().train()
+        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
+                       distiller=make_distiller).setup().train()
     except TrainingDiverged as err:
         if dist.is_main():
             print(f"megadrp: training diverged: {err}", file=sys.stderr, flush=True)

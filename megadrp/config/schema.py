@@ -1,7 +1,7 @@
 """The typed run-configuration tree of megadrp.
 
 One dataclass per concern (model, pruning, data, dro, optim, deepspeed, checkpoint, logging, export,
-eval, dress). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
+eval, dress, distill). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
 and, where the values are a closed set, ``metadata["choices"]``. Checks that involve only one section
 live in that section's ``check`` method and raise :class:`ConfigError` naming the dotted field, the bad
 value and what is allowed. Checks that need the source model (target shape vs source shape) live with
@@ -285,6 +285,29 @@ class DressConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = opt("", "Teacher of the KD term: a Hugging Face folder with the student's tokenizer and vocabulary, "
+                       "built like the student (ZeRO-3 sharded, frozen, no optimizer state, run precision). Empty: "
+                       "prune mode uses the masked model's own all-masks-1 pass (no second copy), dress mode a "
+                       "frozen copy of model.path; cpt needs a folder. See docs/TRAINING.md, Distillation.")
+    alpha: float = opt(0.0, "Weight of the KD term: loss = (1 - alpha) * LM + alpha * KD; 0 turns distillation off "
+                       "(no teacher, no extra forward).")
+    temperature: float = opt(1.0, "Softmax temperature T of both models' logits; the KL is scaled by T^2.")
+    top_k: int = opt(0, "0: KL over the full vocabulary; k > 0: over the teacher's top-k tokens per position plus "
+                     "one bucket holding the remaining probability mass.")
+
+    def check(self, prefix: str = "distill"):
+        _fraction(f"{prefix}.alpha", self.alpha)
+        _positive(f"{prefix}.temperature", self.temperature)
+        if self.top_k < 0:
+            raise ConfigError(f"{prefix}.top_k", self.top_k, "must be >= 0 (0: the full vocabulary)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.alpha > 0
+
+
+@dataclass
 class RunConfig:
     mode: str = opt("prune", "What the run does.", choices=("prune", "cpt", "dress"))
     run_dir: str = opt("runs/default", "Folder of this run: checkpoints, metrics, the resolved config.")
@@ -299,11 +322,12 @@ class RunConfig:
     export: ExportConfig = opt(None, "Export of the pruned model to a dense HF folder.", factory=ExportConfig)
     eval: EvalConfig = opt(None, "Per-domain evaluation.", factory=EvalConfig)
     dress: DressConfig = opt(None, "DReSS: importance selection and regularisation (dress mode).", factory=DressConfig)
+    distill: DistillConfig = opt(None, "Knowledge distillation from a teacher (every mode).", factory=DistillConfig)
 
     def check(self, prefix: str = ""):
         """Validate every section; raises ConfigError on the first bad field."""
         for name in ("model", "pruning", "data", "dro", "optim", "deepspeed", "checkpoint", "logging", "export",
-                     "eval", "dress"):
+                     "eval", "dress", "distill"):
             getattr(self, name).check(name)
         if self.dro.reference_losses and self.data.domains and len(self.dro.reference_losses) != len(self.data.domains):
             raise ConfigError("dro.reference_losses", self.dro.reference_losses,
@@ -316,3 +340,7 @@ class RunConfig:
                               f"exceeds optim.max_steps ({self.optim.max_steps}): the penalty would stop short of "
                               "dress.penalty_final and the cut would not be lossless; set dress.regularize_steps "
                               "<= optim.max_steps")
+        if self.mode == "cpt" and self.distill.enabled and not self.distill.teacher:
+            raise ConfigError("distill.teacher", self.distill.teacher,
+                              "cpt has no source model to distil from: give the teacher's Hugging Face folder "
+                              "(e.g. the unpruned model), or set distill.alpha=0")

@@ -4,7 +4,8 @@ Pre-flight checks (each a plain error naming the field and the fix): the DeepSpe
 config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler), a ZeRO stage "auto"
 resolved from the model's size (config/zero_stage.py); the source model's
 config; the target shape against the source (prune mode); the training / held-out binaries present and made
-with the run's tokenizer, every token id inside the model's vocabulary.
+with the run's tokenizer, every token id inside the model's vocabulary. (The distillation teacher's checks,
+megadrp/distill/teacher.py, run right after, from train.py: distill sits on the trainer.)
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Plan:
     token_counts: list
     target_shape: Optional[object] = None
     zero_reason: str = ""  # why the ZeRO stage was chosen ('' when the JSON pins it)
+    teacher: Optional[object] = None  # megadrp.distill.TeacherSpec (set by train.py); None: distillation off
 
 
 def preflight(cfg, world_size: Optional[int] = None) -> Plan:
