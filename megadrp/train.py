@@ -74,6 +74,9 @@ def run(argv: list[str], mode: str | None = None) -> int:
         from megadrp.trainer.resume_check import check_start
 
         plan = preflight(cfg)
+        from megadrp.distill import make_distiller, resolve_teacher
+
+        plan.teacher = resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
         from megadrp.plan.report import startup_check
 
         # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
@@ -93,7 +96,8 @@ def run(argv: list[str], mode: str | None = None) -> int:
     lock = None
     try:
         lock = _lock_run_dir(cfg, args.overwrite)
-        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume).setup().train()
+        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
+                       distiller=make_distiller).setup().train()
     except TrainingDiverged as err:
         if dist.is_main():
             print(f"{prefix}: training diverged: {err}", file=sys.stderr, flush=True)

@@ -136,7 +136,7 @@ def test_recipes_name_shipped_deepspeed_configs_from_any_directory(tmp_path, mon
     (tmp_path / "ds_configs" / "zero3_cpu.json").write_text('{"zero_optimization": {"stage": 2}}')
     ds = check_deepspeed_json("ds_configs/zero3_cpu.json", OptimConfig(micro_batch_size=2), "fp32", world_size=1)
     assert ds["zero_optimization"]["stage"] == 2  # a file that exists where it is named wins
-    with pytest.raises(ConfigError, match="shipped with megadrp: ds_configs/zero2_bf16.json"):
+    with pytest.raises(ConfigError, match="shipped with megadrp: ds_configs/auto.json, ds_configs/zero2_bf16.json"):
         check_deepspeed_json("ds_configs/nope.json", OptimConfig(), "fp32", world_size=1)
 
 

@@ -10,7 +10,8 @@ import pytest
 from test_train_fixtures import REPO, run_env
 
 
-@pytest.mark.parametrize("extra", [["--no-deepspeed"], []], ids=["torch", "deepspeed"])
+@pytest.mark.parametrize("extra", [["--no-deepspeed", "--precision", "fp32,bf16"], ["--precision", "fp32"]],
+                         ids=["torch", "deepspeed"])
 def test_bench_train_writes_consistent_json(tmp_path, extra):
     out = tmp_path / "train.json"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_train.py"), "--steps", "2", "--warmup", "1",
@@ -20,7 +21,12 @@ def test_bench_train_writes_consistent_json(tmp_path, extra):
     assert "prune / cpt step time" in proc.stdout
     res = json.loads(out.read_text())
     assert res["shape"] == "tiny" and res["precision"] == "fp32"
-    assert (res["deepspeed"] is None) == bool(extra)
+    assert (res["deepspeed"] is None) == ("--no-deepspeed" in extra)
+    if "fp32,bf16" in extra:  # two precisions alternated in one run, the second as a ratio of the first
+        bf16 = res["precisions"]["bf16"]
+        assert (bf16["storage"], bf16["autocast"]) == ("fp32", "bf16")
+        assert bf16["step_ratio_vs_fp32"]["prune"] == pytest.approx(
+            bf16["results"]["prune"]["step_s_median"] / res["results"]["prune"]["step_s_median"])
     for mode in ("cpt", "prune"):
         r = res["results"][mode]
         assert r["steps"] == 2 and r["step_s_median"] > 0 and r["mfu"] is None  # no peak known on CPU

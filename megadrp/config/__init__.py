@@ -6,6 +6,7 @@ from megadrp.config.schema import (
     ConfigError,
     DataConfig,
     DeepSpeedConfig,
+    DistillConfig,
     DressConfig,
     DroConfig,
     EvalConfig,
@@ -19,8 +20,9 @@ from megadrp.config.schema import (
 )
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "DeepSpeedConfig", "DressConfig", "DroConfig", "EvalConfig",
-    "ExportConfig", "LoggingConfig", "ModelConfig", "OptimConfig", "PruningConfig", "RunConfig", "TargetShape",
+    "CheckpointConfig", "ConfigError", "DataConfig", "DeepSpeedConfig", "DistillConfig", "DressConfig", "DroConfig",
+    "EvalConfig", "ExportConfig", "LoggingConfig", "ModelConfig", "OptimConfig", "PruningConfig", "RunConfig",
+    "TargetShape",
     "apply_override", "check_deepspeed_json", "describe", "from_dict", "load_config", "resolve_precision",
     "save_config", "to_dict",
 ]

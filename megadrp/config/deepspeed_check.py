@@ -31,10 +31,13 @@ def resolve_ds_config_path(path: str) -> str:
 
 
 def resolve_precision(requested: str, device_type: str) -> str:
-    """'auto' means bf16 on accelerators and fp32 on CPU (no fast bf16 matmuls there)."""
+    """The weights' dtype, which the JSON must train in: 'auto' is bf16 on accelerators; on CPU 'auto' and
+    'bf16' store fp32 weights (bf16 runs there as autocast over them, megadrp/trainer/precision.py)."""
+    if device_type == "cpu" and requested in ("auto", "bf16"):
+        return "fp32"
     if requested != "auto":
         return requested
-    return "bf16" if device_type == "cuda" else "fp32"
+    return "bf16"
 
 
 def _json_precision(ds: dict) -> str:

@@ -1,7 +1,7 @@
 """The typed run-configuration tree of megadrp.
 
 One dataclass per concern (model, pruning, data, dro, optim, deepspeed, checkpoint, logging, export,
-eval, dress). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
+eval, dress, distill). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
 and, where the values are a closed set, ``metadata["choices"]``. Checks that involve only one section
 live in that section's ``check`` method and raise :class:`ConfigError` naming the dotted field, the bad
 value and what is allowed. Checks that need the source model (target shape vs source shape) live with
@@ -48,11 +48,15 @@ class ModelConfig:
     path: str = opt("", "Source model: a Hugging Face folder (config.json + safetensors or .bin) to prune or train.")
     family: str = opt("auto", "Model family; 'auto' reads it from the folder's config.json model_type.",
                       choices=("auto", "llama", "mistral", "qwen2"))
-    attn_backend: str = opt("auto", "Attention core: 'auto' (flash-attn if installed on CUDA, else SDPA), 'sdpa', "
-                            "'flash', or 'eager' (reference math).", choices=("auto", "sdpa", "flash", "eager"))
+    attn_backend: str = opt("auto", "Attention core: 'auto' or 'sdpa' (torch's scaled_dot_product_attention, which "
+                            "runs its FlashAttention-2 kernel on CUDA), or 'eager' (reference math). There is no "
+                            "separate flash-attn backend (docs/TRAINING.md, Speed).", choices=("auto", "sdpa", "eager"))
     use_kernels: str = opt("auto", "Masked ops: 'auto' (Triton on CUDA, PyTorch reference elsewhere), 'triton', "
                            "'torch'.", choices=("auto", "triton", "torch"))
     activation_checkpointing: bool = opt(False, "Recompute each decoder layer in backward to save activation memory.")
+    fused_cross_entropy: bool = opt(
+        True, "Compute the LM head and the per-token CE together, chunk by chunk of tokens, never materialising the "
+        "[tokens, vocab] fp32 logits (megadrp/kernels/cross_entropy.py); off computes the logits, then the CE.")
 
     def check(self, prefix: str = "model"):
         pass
@@ -184,14 +188,17 @@ class OptimConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    config: str = opt("ds_configs/zero3_bf16.json", "DeepSpeed JSON; checked against optim.* and precision.")
-    precision: str = opt("auto", "'auto' (bf16 on GPUs, fp32 on CPU), 'bf16', 'fp16' or 'fp32'; "
-                         "must agree with the JSON.",
+    config: str = opt("ds_configs/auto.json", "DeepSpeed JSON; checked against optim.* and precision. A "
+                      "zero_optimization.stage of \"auto\" (ds_configs/auto.json) picks the lowest of stages 1-3 "
+                      "whose model states fit one device (megadrp/config/zero_stage.py); a number pins it.")
+    precision: str = opt("auto", "'auto' (bf16 on GPUs; on CPU bf16 autocast over fp32 weights where a start-up "
+                         "matmul probe finds bf16 faster, else fp32), 'bf16' (on CPU: autocast over fp32 weights), "
+                         "'fp16' or 'fp32'; the weights' dtype must agree with the JSON.",
                          choices=("auto", "bf16", "fp16", "fp32"))
 
     def check(self, prefix: str = "deepspeed"):
         if not self.config:
-            raise ConfigError(f"{prefix}.config", self.config, "give a DeepSpeed JSON, e.g. ds_configs/zero3_bf16.json")
+            raise ConfigError(f"{prefix}.config", self.config, "give a DeepSpeed JSON, e.g. ds_configs/auto.json")
 
 
 @dataclass
@@ -278,6 +285,29 @@ class DressConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = opt("", "Teacher of the KD term: a Hugging Face folder with the student's tokenizer and vocabulary, "
+                       "built like the student (ZeRO-3 sharded, frozen, no optimizer state, run precision). Empty: "
+                       "prune mode uses the masked model's own all-masks-1 pass (no second copy), dress mode a "
+                       "frozen copy of model.path; cpt needs a folder. See docs/TRAINING.md, Distillation.")
+    alpha: float = opt(0.0, "Weight of the KD term: loss = (1 - alpha) * LM + alpha * KD; 0 turns distillation off "
+                       "(no teacher, no extra forward).")
+    temperature: float = opt(1.0, "Softmax temperature T of both models' logits; the KL is scaled by T^2.")
+    top_k: int = opt(0, "0: KL over the full vocabulary; k > 0: over the teacher's top-k tokens per position plus "
+                     "one bucket holding the remaining probability mass.")
+
+    def check(self, prefix: str = "distill"):
+        _fraction(f"{prefix}.alpha", self.alpha)
+        _positive(f"{prefix}.temperature", self.temperature)
+        if self.top_k < 0:
+            raise ConfigError(f"{prefix}.top_k", self.top_k, "must be >= 0 (0: the full vocabulary)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.alpha > 0
+
+
+@dataclass
 class RunConfig:
     mode: str = opt("prune", "What the run does.", choices=("prune", "cpt", "dress"))
     run_dir: str = opt("runs/default", "Folder of this run: checkpoints, metrics, the resolved config.")
@@ -292,11 +322,12 @@ class RunConfig:
     export: ExportConfig = opt(None, "Export of the pruned model to a dense HF folder.", factory=ExportConfig)
     eval: EvalConfig = opt(None, "Per-domain evaluation.", factory=EvalConfig)
     dress: DressConfig = opt(None, "DReSS: importance selection and regularisation (dress mode).", factory=DressConfig)
+    distill: DistillConfig = opt(None, "Knowledge distillation from a teacher (every mode).", factory=DistillConfig)
 
     def check(self, prefix: str = ""):
         """Validate every section; raises ConfigError on the first bad field."""
         for name in ("model", "pruning", "data", "dro", "optim", "deepspeed", "checkpoint", "logging", "export",
-                     "eval", "dress"):
+                     "eval", "dress", "distill"):
             getattr(self, name).check(name)
         if self.dro.reference_losses and self.data.domains and len(self.dro.reference_losses) != len(self.data.domains):
             raise ConfigError("dro.reference_losses", self.dro.reference_losses,
@@ -309,3 +340,7 @@ class RunConfig:
                               f"exceeds optim.max_steps ({self.optim.max_steps}): the penalty would stop short of "
                               "dress.penalty_final and the cut would not be lossless; set dress.regularize_steps "
                               "<= optim.max_steps")
+        if self.mode == "cpt" and self.distill.enabled and not self.distill.teacher:
+            raise ConfigError("distill.teacher", self.distill.teacher,
+                              "cpt has no source model to distil from: give the teacher's Hugging Face folder "
+                              "(e.g. the unpruned model), or set distill.alpha=0")

@@ -94,14 +94,15 @@ class DressRegularizer:
 
         The proximal map of a squared-L2 penalty is a multiplicative shrink; doing it outside the optimizer keeps
         Adam from normalising the pull away (through Adam a slice only moves ~lr per step whatever the
-        coefficient). A final coefficient of 1 leaves the slices exactly zero. Under ZeRO-3 the edit goes to the
-        fp32 master copy (deepspeed.utils.safe_set_full_fp32_param), or the next step would overwrite it.
+        coefficient). A final coefficient of 1 leaves the slices exactly zero. Under ZeRO (any stage) the edit goes
+        to the fp32 master copy (deepspeed.utils.safe_set_full_fp32_param), or the next step would overwrite it.
         """
         if self.apply != "proximal":
             return
         keep = 1.0 - min(self.coefficient(step), 1.0)
         for p, s in self._targets:
-            if hasattr(p, "ds_id"):
+            # ZeRO-3 partitions (ds_id); ZeRO-1/2 link a master fragment (_hp_mapping, on every rank: a collective)
+            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
                 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
                 full = safe_get_full_fp32_param(p)

@@ -130,6 +130,8 @@ def write_plots(log: MetricsLog, out_dir) -> dict[str, Path]:
         ("domain_loss", "Per-domain training loss", "loss (nats/token)", log.dict_series("domain_loss"), None, False),
         ("loss", "Training loss", "value", losses, None, False),
         ("sparsity", "Expected vs target sparsity per mask family", "sparsity", sparsity, sparsity_styles, False),
+        ("kd_loss", "Distillation loss KL(teacher || student)", "nats/token", {"kd_loss": log.series("kd_loss")},
+         None, False),
         ("lambdas", "Lagrange multipliers", "value", log.dict_series("lambdas"), None, False),
         ("throughput", "Throughput", "tokens/s", {"tokens/s": log.series("tokens_per_s")}, None, False),
         ("eval_loss", "Held-out loss per domain", "loss (nats/token)", log.dict_series("eval_loss", "eval"), None,

@@ -11,9 +11,11 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megadrp.kernels import ops
+from megadrp.kernels.cross_entropy import linear_cross_entropy
 from megadrp.model.families import Family, get_family
 from megadrp.model.rope import apply_rope, cos_sin
 from megadrp.model.shape import ModelShape
@@ -96,8 +98,24 @@ class MaskedDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x, z_hidden), z_int, z_out)
 
 
+class LMHead(nn.Module):
+    """The output projection (``weight`` [V, d]). Given targets it returns fp32 per-token losses through the
+    fused, chunked linear + cross-entropy (megadrp/kernels/cross_entropy.py) instead of the [.., V] logits.
+    The loss runs inside this module's forward so that ZeRO-3's gather hook of the head fetches its weight."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, dtype=None):
+        super().__init__()
+        self.weight = _param(vocab_size, hidden_size, dtype=dtype)
+
+    def forward(self, h, targets: Optional[torch.Tensor] = None):
+        if targets is None:
+            return F.linear(h, self.weight)
+        return linear_cross_entropy(h, self.weight, targets)
+
+
 class MaskedCausalLM(nn.Module):
-    """forward(input_ids [B, T], masks=None) -> logits [B, T, V] in the weight dtype."""
+    """forward(input_ids [B, T], masks=None) -> logits [B, T, V] in the weight dtype;
+    forward(input_ids, masks, targets=[B, T]) -> fp32 per-token losses [B, T] (fused LM head + CE, no logits)."""
 
     def __init__(self, shape: ModelShape, family="llama", dtype: Optional[torch.dtype] = None,
                  activation_checkpointing: bool = False, attn_backend: str = "sdpa"):
@@ -112,7 +130,7 @@ class MaskedCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(MaskedDecoderLayer(shape, dtype) for _ in range(shape.num_hidden_layers))
         self.norm = MaskedRMSNorm(shape.hidden_size, shape.rms_norm_eps, dtype)
-        self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = LMHead(shape.hidden_size, shape.vocab_size, dtype=dtype)
         if shape.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -128,7 +146,8 @@ class MaskedCausalLM(nn.Module):
                 p.normal_(0.0, std, generator=generator)
         return self
 
-    def forward(self, input_ids: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None,
+                targets: Optional[torch.Tensor] = None) -> torch.Tensor:
         masks = masks or {}
         unknown = set(masks) - {"layer", "head", "intermediate", "hidden"}
         if unknown:
@@ -151,4 +170,4 @@ class MaskedCausalLM(nn.Module):
                 x = checkpoint(layer, *args, use_reentrant=False)
             else:
                 x = layer(*args)
-        return self.lm_head(self.norm(x, z_hidden))
+        return self.lm_head(self.norm(x, z_hidden), targets)

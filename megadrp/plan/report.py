@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     if args.gpus < 1:
         ap.error("--gpus must be >= 1")
     cfg = load_config(args.config, args.overrides)
-    run = run_shape(cfg, args.gpus)
+    run = run_shape(cfg, args.gpus, gpu_memory_gib=args.gpu_memory_gib)
     est = estimate(run, args.gpu_memory_gib, mfu=args.mfu, peak_tflops=args.peak_tflops)
     print(json.dumps(est.to_dict(), indent=2) if args.json else render(est, run))
     return 0 if est.fits is not False else 1

@@ -67,15 +67,22 @@ def _teacher(cfg, shape):
     return shape, True  # dress: a frozen copy of model.path
 
 
-def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Optional[dict] = None):
-    """The RunShape of ``cfg`` on ``gpus`` data-parallel ranks (precision resolved for GPUs unless given)."""
+def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Optional[dict] = None,
+              gpu_memory_gib: Optional[float] = None):
+    """The RunShape of ``cfg`` on ``gpus`` data-parallel ranks (precision resolved for GPUs unless given; a ZeRO
+    stage "auto" resolved for GPUs of ``gpu_memory_gib``)."""
     from megadrp.config import check_deepspeed_json, resolve_precision
     from megadrp.plan.estimate import RunShape, ZeroSetup
 
     precision = precision or resolve_precision(cfg.deepspeed.precision, "cuda")
-    if ds_config is None:
-        ds_config = check_deepspeed_json(cfg.deepspeed.config, cfg.optim, precision, gpus)
     shape = shape_of(cfg.model.path)
+    if ds_config is None:
+        from megadrp.config.zero_stage import resolve_zero_stage
+
+        ds_config = check_deepspeed_json(cfg.deepspeed.config, cfg.optim, precision, gpus)
+        # a "stage": "auto" JSON: the stage the trainer would pick on GPUs of this memory (80 GiB if not given)
+        resolve_zero_stage(ds_config, shape.num_params(), gpus, precision, "cuda",
+                           device_bytes=int((gpu_memory_gib or 80.0) * 2 ** 30))
     target, mask_params = None, 0
     if cfg.mode in ("prune", "dress"):
         from megadrp.masks import resolve_target

@@ -1,10 +1,13 @@
 """Everything a run is built from, resolved and checked *before* any process group, model or engine exists.
 
 Pre-flight checks (each a plain error naming the field and the fix): the DeepSpeed JSON against the run
-config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler); the source model's
+config and the world size (batch arithmetic, precision, no DeepSpeed optimizer/scheduler), a ZeRO stage "auto"
+resolved from the model's size (config/zero_stage.py); the source model's
 config; the target shape against the source (prune mode); the training / held-out binaries present and made
 with the run's tokenizer, every token id inside the model's vocabulary, every domain long enough for one
-sample. Where the run starts (resume vs fresh, the checkpoint's config) is megadrp.trainer.resume_check.
+sample. (The distillation teacher's checks, megadrp/distill/teacher.py, run right after, from train.py: distill
+sits on the trainer. Where the run starts, resume vs fresh and the checkpoint's config, is
+megadrp.trainer.resume_check.)
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Optional
 import torch
 
 from megadrp.config import ConfigError, check_deepspeed_json, resolve_precision
+from megadrp.config.zero_stage import resolve_zero_stage
 
 
 @dataclass
@@ -31,6 +35,8 @@ class Plan:
     eval_datasets: dict
     token_counts: list
     target_shape: Optional[object] = None
+    zero_reason: str = ""  # why the ZeRO stage was chosen ('' when the JSON pins it)
+    teacher: Optional[object] = None  # megadrp.distill.TeacherSpec (set by train.py); None: distillation off
 
 
 def preflight(cfg, world_size: Optional[int] = None) -> Plan:
@@ -47,6 +53,7 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
     if not Path(cfg.model.path, "config.json").is_file():
         raise ConfigError("model.path", cfg.model.path, "has no config.json; give a Hugging Face model folder")
     shape, family = read_shape(cfg.model.path, cfg.model.family)
+    zero_reason = resolve_zero_stage(ds_config, shape.num_params(), world, precision, device_type)
     weights_path = cfg.model.path
     init_from = cfg.checkpoint.init_from
     if init_from and Path(init_from, "config.json").is_file():
@@ -91,4 +98,4 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
     counts = [float(ds.num_tokens) for ds in datasets.values()]
     return Plan(ds_config=ds_config, precision=precision, world_size=world, shape=shape, family=family,
                 weights_path=weights_path, tokenizer_path=tokenizer, datasets=datasets, eval_datasets=eval_datasets,
-                token_counts=counts, target_shape=target)
+                token_counts=counts, target_shape=target, zero_reason=zero_reason)

@@ -1,7 +1,8 @@
 """The Trainer: one step loop for every mode (see ARCHITECTURE.md, "One training step").
 
 Per optimizer step: for each micro-batch, the sampler's batch, the mode's masks for (step, micro) (identical on
-every rank), ONE forward through the engine, per-token CE; loss = mean CE + the mode's extra terms; the same
+every rank), ONE forward through the engine (plus the teacher's no-grad forward when distilling,
+megadrp/distill/), per-token CE; loss = mean CE (blended with the KD term) + the mode's extra terms; the same
 per-token CE feeds the domain tracker; engine.backward/step. Then the mode's post-step hook (mask and
 multiplier updates), one tracker all-reduce, the reweighting rule (new sampler weights every
 dro.update_interval steps, identical on every rank), logging, periodic eval and checkpoints.
@@ -19,6 +20,7 @@ from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.trainer import checkpoint, dist, elastic, faults
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
+from megadrp.trainer import precision as precision_mod
 from megadrp.trainer.build import Plan
 from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
@@ -35,9 +37,12 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, plan: Plan, mode, resume: str = "none"):
-        """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``)."""
+    def __init__(self, cfg, plan: Plan, mode, resume: str = "none", distiller=None):
+        """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``);
+        ``distiller``: None, or a callable(trainer) -> KD hook or None, called once the engine exists
+        (``megadrp.distill.make_distiller``)."""
         self.cfg, self.plan, self.mode, self.resume_spec = cfg, plan, mode, resume
+        self._make_distiller = distiller
         self.shape, self.family = plan.shape, plan.family
         self.device = dist.device()
         self.group = dist.DataParallelGroup()  # every collective of the loop and the mode runs over it
@@ -68,7 +73,11 @@ class Trainer:
             engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
         optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
         self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
+        probe = precision_mod.probe_shape(cfg.optim.micro_batch_size * cfg.data.seq_length, self.shape.hidden_size,
+                                          self.shape.intermediate_size)
+        self.precision = precision_mod.resolve_on_ranks(cfg.deepspeed.precision, self.device.type, probe)
         self.mode.setup(self)
+        self.distill = self._make_distiller(self) if self._make_distiller else None  # None: no distillation
         self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
                                             seed=cfg.optim.seed, rank=self.group.rank, world_size=self.group.size)
         self.tracker = DomainLossTracker(len(cfg.data.domains), group=self.group.process_group)
@@ -137,6 +146,10 @@ class Trainer:
         if rngs:
             checkpoint.set_rng_state(rngs[dist.rank()] if dist.rank() < len(rngs) else rngs[0])
         self.last_checkpoint = path
+        if self.cfg.deepspeed.precision == "auto" and state.get("autocast", self.precision.autocast) != \
+                self.precision.autocast:  # the probe may differ under other load: compute as the original run did
+            self.precision = precision_mod.RunPrecision(self.precision.storage, state["autocast"],
+                                                        "auto: as the resumed checkpoint's run")
         _log(f"resumed from {path} at step {self.step}")
         return state.get("wandb_run_id")
 
@@ -150,10 +163,14 @@ class Trainer:
         for micro in range(cfg.optim.gradient_accumulation_steps):
             batch = self.sampler.next_batch()
             tokens = batch["tokens"].to(self.device)
-            logits = self.engine(tokens[:, :-1], self.mode.train_masks(step, micro))
-            tok_loss = token_cross_entropy(logits, tokens[:, 1:])
+            if self.distill:
+                self.distill.run_teacher(tokens[:, :-1])  # no grad, same micro-batch
+            with self.precision.context(self.device.type):
+                tok_loss, logits = self._token_losses(tokens, self.mode.train_masks(step, micro))
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
+            if self.distill:  # (1 - alpha) LM + alpha KD; the tracker above keeps the LM loss (DRO signal)
+                loss = self.distill.blend(loss, logits)
             for name, term in self.mode.loss_terms(step, micro).items():
                 loss = loss + term
                 extras[name] = extras.get(name, 0.0) + float(term.detach()) / cfg.optim.gradient_accumulation_steps
@@ -166,6 +183,9 @@ class Trainer:
         loss_sum, count = self.tracker.reduce()
         lm_loss = float(loss_sum.sum() / count.sum().clamp(min=1))
         loss_total = lm_loss + sum(extras.values())
+        if self.distill:
+            extras["kd_loss"] = self.distill.step_mean()
+            loss_total += self.distill.alpha * (extras["kd_loss"] - lm_loss)
         if not math.isfinite(loss_total) or faults.nan_at(step):
             raise TrainingDiverged(
                 f"loss is {loss_total} at step {step}; stopping without checkpointing this state. Last good "
@@ -184,6 +204,15 @@ class Trainer:
                 "domain_loss": {d: float(m) for d, m, p in zip(cfg.data.domains, means, present) if p},
                 "tokens": int(count.sum().item())}
 
+    def _token_losses(self, tokens: torch.Tensor, masks):
+        """(fp32 per-token CE [B, T-1], the logits or None) of one forward: the CE fused with the LM head (no
+        [B, T, V] logits) unless a distillation term reads the student's logits or model.fused_cross_entropy
+        is off."""
+        if self.cfg.model.fused_cross_entropy and not self.distill:
+            return self.engine(tokens[:, :-1], masks, targets=tokens[:, 1:]), None
+        logits = self.engine(tokens[:, :-1], masks)
+        return token_cross_entropy(logits, tokens[:, 1:]), logits
+
     def _heldout_for_rule(self, step: int):
         """Sheared-LLaMA's rule updates from held-out losses: evaluate at its update steps (an eval record)."""
         rule = self.reweighter
@@ -200,7 +229,8 @@ class Trainer:
             self.wandb.finish()
             return 0
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {dist.world_size()}, "
-             f"{self.plan.precision}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}")
+             f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}"
+             + (f" ({self.plan.zero_reason})" if self.plan.zero_reason else ""))
         # tokens/s over the training steps only: evaluation, checkpoints and logging are not in the window.
         window_tokens, window_time = 0, 0.0
         try:
@@ -255,7 +285,7 @@ class Trainer:
                  "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
-                 "mode_state": self.mode.state_dict()}
+                 "mode_state": self.mode.state_dict(), "autocast": self.precision.autocast}
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)

@@ -48,8 +48,10 @@ def _fmt_map(d: dict, fmt: str = "{:.3f}") -> str:
 
 def step_line(rec: dict, max_steps: int, mode_part: str = "") -> str:
     mfu = "n/a" if rec.get("mfu") is None else f"{100 * rec['mfu']:.1f}%"
-    parts = [f"step {rec['step']}/{max_steps}", f"loss {rec['loss']:.4f}", f"lm {rec['lm_loss']:.4f}",
-             f"lr {rec['lr']:.2e}", f"{rec['tokens_per_s']:.0f} tok/s", f"mfu {mfu}"]
+    parts = [f"step {rec['step']}/{max_steps}", f"loss {rec['loss']:.4f}", f"lm {rec['lm_loss']:.4f}"]
+    if "kd_loss" in rec:  # distillation on
+        parts.append(f"kd {rec['kd_loss']:.4f}")
+    parts += [f"lr {rec['lr']:.2e}", f"{rec['tokens_per_s']:.0f} tok/s", f"mfu {mfu}"]
     if mode_part:
         parts.append(mode_part)
     parts.append(f"w {_fmt_map(rec.get('domain_weights', {}))}")
