@@ -20,7 +20,7 @@ $(STAMP): setup.py constraints-cpu.txt
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	@$(PIP) --upgrade pip >/dev/null
 	@$(PIP) torch==2.13.0
-	@$(PIP) -e '.[dev,demo]'
+	@$(PIP) -e '.[dev,demo,eval]'
 	@touch $@
 	@echo "[setup] done"
 
