@@ -74,10 +74,10 @@ def interleaved_costs(student_dir: str, teacher_dir: str, prefix: str, domains: 
     import time
 
     import torch
-    import torch.nn.functional as F
 
     from megadrp.data import DomainMixtureSampler, load_domain_datasets
     from megadrp.distill import kd_per_token
+    from megadrp.kernels.cross_entropy import token_cross_entropy
     from megadrp.model import load_pretrained
 
     student, teacher = load_pretrained(student_dir), load_pretrained(teacher_dir).requires_grad_(False)
@@ -88,13 +88,13 @@ def interleaved_costs(student_dir: str, teacher_dir: str, prefix: str, domains: 
     out = {"lm_step_s": [], "teacher_s": [], "kd_step_s": []}
     for _ in range(rounds + 1):  # the first round warms up, not counted
         t0 = time.perf_counter()
-        F.cross_entropy(student(x).float().flatten(0, 1), y.flatten()).backward()
+        token_cross_entropy(student(x), y).mean().backward()
         t1 = time.perf_counter()
         with torch.no_grad():
             t_logits = teacher(x)
         t2 = time.perf_counter()
         logits = student(x)
-        lm = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        lm = token_cross_entropy(logits, y).mean()
         (0.5 * lm + 0.5 * kd_per_token(logits, t_logits).mean()).backward()
         t3 = time.perf_counter()
         student.zero_grad(set_to_none=True)

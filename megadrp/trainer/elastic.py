@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 from megadrp.trainer import dist
+from megadrp.trainer.engine import zero_stage
 
 UNIVERSAL = "universal"
 # ZeRO >= 1 writes one optimizer shard per data-parallel rank: [bf16_]zero_pp_rank_R_mp_rank_00_optim_states.pt
@@ -50,10 +51,6 @@ def saved_world_size(ckpt: Path) -> Optional[int]:
     """Data-parallel size a checkpoint was written with (from its optimizer shards); None without ZeRO shards."""
     ranks = [int(m.group(1)) for f in Path(ckpt).iterdir() if (m := _OPTIM_SHARD.match(f.name))]
     return max(ranks) + 1 if ranks else None
-
-
-def _zero_stage(ds_config: dict) -> int:
-    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def convert_to_universal(ckpt: Path) -> Path:
@@ -89,7 +86,7 @@ def prepare_resume(ckpt: Optional[Path], ds_config: dict, world_size: int) -> Op
     if ckpt is None:
         return None
     saved = saved_world_size(ckpt)
-    if saved is None or saved == world_size or _zero_stage(ds_config) == 0:
+    if saved is None or saved == world_size or zero_stage(ds_config) == 0:
         return ckpt
     if dist.is_main():
         print(f"[megadrp] elastic resume: {ckpt} was written by {saved} ranks, this run has {world_size}; "

@@ -228,7 +228,7 @@ class Trainer:
             _log(f"nothing to do: the run is already at step {self.step} of {cfg.optim.max_steps}")
             self.wandb.finish()
             return 0
-        _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {dist.world_size()}, "
+        _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {self.group.size}, "
              f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}"
              + (f" ({self.plan.zero_reason})" if self.plan.zero_reason else ""))
         # tokens/s over the training steps only: evaluation, checkpoints and logging are not in the window.
@@ -280,7 +280,7 @@ class Trainer:
     def save(self) -> None:
         cfg = self.cfg
         state = {"step": self.step, "mode": cfg.mode, "config": to_dict(cfg), "family": self.family.name,
-                 "world_size": dist.world_size(),
+                 "world_size": self.group.size,
                  "source_shape": self.shape.to_dict(), "tokens_seen": self.tokens_seen,
                  "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
