@@ -15,6 +15,8 @@ COMMANDS = {
     "prune": ("megadrp.train", "main_prune", "Prune a model with learned masks + domain reweighting (DRPruning)."),
     "cpt": ("megadrp.train", "main_cpt", "Continued pretraining of an exported (dense) model with domain reweighting."),
     "dress": ("megadrp.train", "main_dress", "DReSS: select units, regularise them away, prune, finetune."),
+    "oneshot": ("megadrp.methods.oneshot", "main",
+                "One-shot pruning (Minitron-style activation importance), no training: a dense HF folder."),
     "export": ("megadrp.export.cli", "main", "Export a prune/cpt checkpoint to a smaller dense Hugging Face folder."),
     "eval": ("megadrp.eval.cli", "main",
              "Per-domain loss, perplexity and bits per byte of a model folder or checkpoint."),

@@ -96,8 +96,12 @@ def run(argv: list[str], mode: str | None = None) -> int:
     lock = None
     try:
         lock = _lock_run_dir(cfg, args.overwrite)
-        return Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
+        code = Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
                        distiller=make_distiller).setup().train()
+        # Only after a clean finish (a rank that raised must not wait here for peers that never come): every
+        # rank leaves together, so none tears its gloo/NCCL connections down while a peer still uses them.
+        dist.barrier()
+        return code
     except TrainingDiverged as err:
         if dist.is_main():
             print(f"{prefix}: training diverged: {err}", file=sys.stderr, flush=True)
@@ -198,5 +202,19 @@ def main_dress(argv: list[str]) -> int:
     return _main_mode("dress", argv)
 
 
+def _exit_launched_rank(code: int) -> None:
+    """End a launched rank without the interpreter's C++ teardown.
+
+    A rank that finished cleanly (process group destroyed, checkpoints written atomically, metrics and wandb
+    closed, the lock released) was seen aborting afterwards with SIGABRT, "terminate called without an active
+    exception": a joinable C++ thread of the communication stack destroyed during interpreter finalisation
+    (once in a CI run of the 2-rank distillation test; pytorch/pytorch#179291 describes the same class of exit
+    crash). Nothing is left to lose by then, so flush and leave with the run's exit code.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    _exit_launched_rank(run(sys.argv[1:]))

@@ -1,9 +1,10 @@
 """`make demo`'s pipeline end to end on a tiny configuration, and the method comparison of tools/experiment.py.
 
 The same scripts as the real demo (tools/demo.py, tools/experiment.py) run every stage through the `megadrp`
-subcommands: preprocess a corpus folder laid out like `tools/build_corpus.py`'s, prune on 2 gloo ranks under
-ZeRO-3 with DRPruning's DRO, export, evaluate the source and the pruned model per domain, write the report.
-The second run must find every stage cached and redo nothing but the report.
+subcommands: preprocess a corpus folder laid out like `tools/build_corpus.py`'s, cut the source in one shot,
+recover it on 2 gloo ranks under ZeRO-3 with distillation and DRPruning's DRO, export, evaluate the source, the
+cut and the recovered model per domain and on a text file, write the report. The second run must find every
+stage cached and redo nothing but the report.
 """
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ def _corpus(root: Path) -> Path:
     return root
 
 
-def _config(path: Path, max_steps: int) -> Path:
+def _config(path: Path, max_steps: int, mode: str = "prune") -> Path:
     cfg = {
-        "mode": "prune", "run_dir": "unused",
+        "mode": mode, "run_dir": "unused",
         "model": {"path": ""},
         "pruning": {"target": TARGET, "warmup_fraction": 0.5, "lr_log_alpha": 0.5, "lr_lambda": 0.5},
         "data": {"seq_length": 32},
@@ -51,6 +52,8 @@ def _config(path: Path, max_steps: int) -> Path:
         "checkpoint": {"save_interval": max_steps},
         "logging": {"log_interval": 1, "wandb_mode": "disabled"},
     }
+    if mode == "cpt":  # the demo's recipe: one-shot cut, then recovery with distillation from the source
+        cfg.update(dress={"calibration_batches": 2}, distill={"alpha": 0.5})
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -76,7 +79,7 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     ws = workspace
     run_dir = ws["tmp"] / "runs" / "demo"
     cmd = ["tools/demo.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
-           "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "demo.yaml", 6)), "--nproc", "2",
+           "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "demo.yaml", 6, "cpt")), "--nproc", "2",
            "--eval-windows", "2", "--eval-seq-length", "32"]
     out = _run(cmd)
 
@@ -84,37 +87,49 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     for split in ("train", "heldout"):
         for domain in DOMAIN_TEXT:
             assert os.path.getsize(f"{ws['bins']}/{split}_{domain}.bin") > 0
-    # 2: the run finished with a final checkpoint and logged DRO weights for both domains
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # 2: the one-shot cut has the target shape and records what it removed and why
+    cut = json.loads((run_dir / "pruned" / "config.json").read_text())
+    assert {k: cut[k] for k in TARGET} == TARGET
+    scores = json.loads((run_dir / "pruned" / "oneshot_scores.json").read_text())
+    assert len(scores["removed"]["intermediate"]) == 4 and all(len(r) == 128 - 64 for r in scores["removed"]["intermediate"])
+    # 3: the recovery finished with a final checkpoint, distilled, and logged DRO weights for both domains
+    recover = run_dir / "recover"
+    metrics = [json.loads(line) for line in (recover / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if m.get("kind") == "train"]
     assert max(m["step"] for m in steps) == 6
-    assert (run_dir / "checkpoints" / "step_6").is_dir()
-    # DRPruning's initial references: the source model's held-out loss per domain, measured before step 1
+    assert all(m["kd_loss"] > 0 for m in steps)  # the cut student differs from its teacher from step 1
+    assert (recover / "checkpoints" / "step_6").is_dir()
+    # DRPruning's initial references: the cut model's held-out loss per domain, measured before step 1
     refs = [m["reference_loss"] for m in metrics if m.get("kind") == "reference"]
     assert len(refs) == 1 and set(refs[0]) == set(DOMAIN_TEXT) and all(v > 0 for v in refs[0].values())
-    # 3: the export has the target shape
+    # 4: the export has the target shape
     hf = json.loads((run_dir / "export" / "config.json").read_text())
     assert {k: hf[k] for k in TARGET} == TARGET
-    # 4: eval.json has loss / perplexity / bits per byte per domain for the source and the pruned model
+    # 5: eval.json has loss / perplexity / bits per byte per domain for the source, the cut and the recovered model
     ev = json.loads((run_dir / "eval.json").read_text())["models"]
-    assert set(ev) == {"source", "pruned"}
+    assert set(ev) == {"source", "oneshot", "pruned"}
     for label in ev:
         for domain in DOMAIN_TEXT:
             r = ev[label]["domains"][domain]
             assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-6)
             assert r["bits_per_byte"] > 0
     assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
-    assert "| source | pruned |" in (run_dir / "eval.md").read_text()
+    assert ev["oneshot"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
+    assert "| source | oneshot | pruned |" in (run_dir / "eval.md").read_text()
     assert "| **average** |" in (run_dir / "export" / "README.md").read_text()  # eval --update-card
-    # 5: the report: a summary and the plots
+    unseen = json.loads((run_dir / "eval_unseen.json").read_text())["models"]
+    assert set(unseen) == {"source", "oneshot", "pruned"}
+    assert all(set(r["domains"]) == {"textwrap.py"} and r["domains"]["textwrap.py"]["tokens"] > 0 for r in unseen.values())
+    # 6: the report: a summary and the plots
     report = run_dir / "report"
     assert (report / "summary.md").read_text().strip()
     assert len(list(report.glob("*.png"))) >= 3
     assert f"Everything is under {run_dir}/" in out
 
     again = _run(cmd)
-    assert again.count("cached:") >= 4, again  # preprocess (2 splits), train, export, eval
-    assert "megadrp prune" not in again and "megadrp export" not in again and "megadrp eval" not in again
+    assert again.count("cached:") >= 7, again  # preprocess (2 splits), oneshot, cpt, export, eval (2)
+    for stage in ("oneshot", "cpt", "export", "eval"):
+        assert f"megadrp {stage}" not in again, again
 
 
 def test_experiment_compares_methods_and_keeps_each_export(workspace):

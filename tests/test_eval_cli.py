@@ -56,3 +56,27 @@ def test_tool_wrapper_subprocess_and_bad_input(setup, tmp_path):
     assert list(res["domains"]) == ["code"] and res["worst"]["domain"] == "code"
     assert main(["--model", str(setup / "source"), "--corpus", str(setup / "corpus"), "--domains", "legal"]) == 2
     assert main(["--model", str(tmp_path / "missing"), "--corpus", str(setup / "corpus")]) == 2
+
+
+def test_text_files_are_scored_as_rows_of_their_own(setup, tmp_path):
+    """`--text`: whole files (text no domain was tuned on), the same numbers as a corpus holding them."""
+    prose, code = tmp_path / "prose.txt", tmp_path / "snippet.py"
+    prose.write_text(" ".join(TEXTS["prose"]))
+    code.write_text("\n".join(TEXTS["code"]))
+    out = tmp_path / "text.json"
+    assert main(["--model", str(setup / "source"), "--text", f"essay={prose}", str(code), "--seq-length", "16",
+                 "--max-windows", "0", "--device", "cpu", "--output", str(out)]) == 0
+    res = json.loads(out.read_text())["models"]["source"]
+    assert set(res["domains"]) == {"essay", "snippet.py"}
+    assert res["worst"]["bits_per_byte"] == max(r["bits_per_byte"] for r in res["domains"].values())
+    assert 0.8 * len(prose.read_bytes()) < res["domains"]["essay"]["bytes"] <= len(prose.read_bytes())  # predicted bytes
+    # the same file as a one-document corpus domain scores the same
+    write_corpus(tmp_path / "one", {"essay": [prose.read_text()]})
+    ref = tmp_path / "ref.json"
+    assert main(["--model", str(setup / "source"), "--corpus", str(tmp_path / "one"), "--seq-length", "16",
+                 "--max-windows", "0", "--device", "cpu", "--output", str(ref)]) == 0
+    want = json.loads(ref.read_text())["models"]["source"]["domains"]["essay"]
+    assert res["domains"]["essay"]["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    # a corpus and files together, or a missing file, are refused
+    assert main(["--model", str(setup / "source"), "--text", str(prose), "--corpus", str(setup / "corpus")]) == 2
+    assert main(["--model", str(setup / "source"), "--text", str(tmp_path / "nope.txt")]) == 2

@@ -309,7 +309,8 @@ class DistillConfig:
 
 @dataclass
 class RunConfig:
-    mode: str = opt("prune", "What the run does.", choices=("prune", "cpt", "dress"))
+    mode: str = opt("prune", "What the run does (oneshot: `megadrp oneshot`, no training; the others train).",
+                     choices=("prune", "cpt", "dress", "oneshot"))
     run_dir: str = opt("runs/default", "Folder of this run: checkpoints, metrics, the resolved config.")
     model: ModelConfig = opt(None, "Source model.", factory=ModelConfig)
     pruning: PruningConfig = opt(None, "Masks, target shape and Lagrangian (prune mode).", factory=PruningConfig)

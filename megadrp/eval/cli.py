@@ -2,7 +2,7 @@
 
 Each ``--model`` (and ``--compare``) is a HF folder or a megadrp checkpoint (exported to a temporary
 folder first), optionally labelled ``LABEL=PATH``. With ``--corpus`` all models are scored on the same
-windows of its held-out split; ``--tasks`` adds (or, without ``--corpus``, gives) lm-eval-harness results,
+windows of its held-out split (or, with ``--text``, of whole text files); ``--tasks`` adds (or, without ``--corpus``, gives) lm-eval-harness results,
 from lm-eval's registered tasks and local task folders (``--include-path``). ``--update-card`` writes the
 results into the model card of every evaluated ``megadrp export`` folder (docs/EXPORT.md).
 Output JSON: ``{"models": {label: {path, shape, num_params, domains?, average?, worst?, skipped?, protocol?,
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF folder(s) or megadrp checkpoint(s) / run dirs")
     p.add_argument("--compare", nargs="+", default=[], metavar="[LABEL=]DIR", help="more models, one column each")
     p.add_argument("--corpus", default=None, help="corpus folder with heldout/DOMAIN.jsonl (optional with --tasks)")
+    p.add_argument("--text", nargs="+", default=[], metavar="[LABEL=]FILE",
+                   help="score whole text files instead of a corpus, one row each (e.g. text no domain was "
+                        "tuned on); the average and worst are over these files")
     p.add_argument("--domains", nargs="+", default=None, help="domains to score (default: all held-out files)")
     p.add_argument("--seq-length", type=int, default=d.seq_length, help="tokens per window")
     p.add_argument("--max-windows", type=int, default=d.max_windows, help="windows per domain (0: all)")
@@ -105,15 +108,32 @@ def _check_request(args, models: dict[str, str], tasks: list[str]) -> str | None
     """What is wrong with the command line before any model is loaded (None: nothing)."""
     from megadrp.eval.lm_eval_adapter import MISSING, check_include_path, lm_eval_available, unknown_task_message
 
-    if args.corpus is None and not tasks:
-        return "give --corpus (held-out per-domain scores), --tasks (lm-eval tasks), or both"
-    if args.corpus is None and not lm_eval_available():
+    if args.corpus and args.text:
+        return "give --corpus or --text, not both: their rows would share one average; run eval once for each"
+    if args.corpus is None and not args.text and not tasks:
+        return "give --corpus (held-out per-domain scores), --text (files), --tasks (lm-eval tasks), or both"
+    if args.corpus is None and not args.text and not lm_eval_available():
         return MISSING.split(";")[0] + "; without --corpus there is nothing else to evaluate"
     if args.update_card and not _card_folders(models):
         return ("--update-card: none of the models is a `megadrp export` folder (with megadrp_export.json); "
                 "export the checkpoint first and evaluate the folder")
     check_include_path(args.include_path)
     return unknown_task_message(tasks, args.include_path)
+
+
+def _text_files(specs: list[str]) -> dict[str, list[str]] | None:
+    """``--text``: each file one document of its own row, labelled by LABEL or the file's name."""
+    if not specs:
+        return None
+    out = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or Path(spec).exists():
+            label, path = Path(spec).name, spec
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--text {spec}: no such file")
+        out[label] = [Path(path).read_text(encoding="utf-8", errors="replace")]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"megadrp eval: {problem}", file=sys.stderr)
             return 2
-        texts = load_heldout(args.corpus, args.domains, args.max_bytes) if args.corpus else None
+        texts = load_heldout(args.corpus, args.domains, args.max_bytes) if args.corpus else _text_files(args.text)
         results = evaluate_cli_models(models, texts, args, tasks)
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         print(f"megadrp eval: {err}", file=sys.stderr)

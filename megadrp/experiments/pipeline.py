@@ -111,6 +111,17 @@ def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, over
                 f"optim.max_steps={max_steps}", *overrides))
 
 
+def oneshot(config: str, run_dir: str, overrides: list[str]) -> str:
+    """`megadrp oneshot` into RUN_DIR/pruned; skipped when that folder is complete and newer than the config."""
+    out = os.path.join(run_dir, "pruned")
+    if newer(os.path.join(out, "oneshot_scores.json"), config):
+        print(f"cached: {out}")
+        return out
+    run(megadrp("oneshot", "--config", config, f"run_dir={run_dir}", "--overwrite", *overrides),
+        env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})  # one process: every core
+    return out
+
+
 def export(run_dir: str, out_dir: str, dtype: str = "float32") -> str:
     """`megadrp export` of the run's latest checkpoint, unless an export newer than it exists."""
     if newer(os.path.join(out_dir, "config.json"), str(run_format.checkpoints_dir(run_dir) / run_format.LATEST)):
@@ -132,19 +143,21 @@ def copy_folder(src: str, dst: str) -> str:
     return dst
 
 
-def evaluate(models: dict[str, str], corpus: str, out_json: str, seq_length: int, max_windows: int,
-             device: str | None = None) -> dict:
-    """`megadrp eval` of labelled HF folders on the held-out split; cached while newer than every model."""
+def evaluate(models: dict[str, str], corpus: str | None, out_json: str, seq_length: int, max_windows: int,
+             device: str | None = None, texts: dict[str, str] | None = None) -> dict:
+    """`megadrp eval` of labelled HF folders on the held-out split (or on whole text files: ``texts``, label ->
+    file); cached while newer than every model. Only the held-out table goes into the export's model card."""
     stamps = [os.path.join(path, "config.json") for path in models.values()]
     if os.path.exists(out_json) and all(newer(out_json, s) for s in stamps):
         print(f"cached: {out_json}")
     else:
-        cmd = megadrp("eval", "--model", *[f"{k}={v}" for k, v in models.items()], "--corpus", corpus,
+        source = ["--corpus", corpus] if corpus else ["--text", *[f"{k}={v}" for k, v in texts.items()]]
+        cmd = megadrp("eval", "--model", *[f"{k}={v}" for k, v in models.items()], *source,
                       "--seq-length", str(seq_length), "--max-windows", str(max_windows), "--output", out_json,
                       "--markdown", os.path.splitext(out_json)[0] + ".md")
         if device:
             cmd += ["--device", device]
-        if any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values()):
+        if corpus and any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values()):
             cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
         # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
         run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})

@@ -219,7 +219,7 @@ def export_checkpoint(ckpt_or_run_dir, out_dir, dtype: str = "bfloat16", max_sha
     tokenizer_dir = ckpt / "tokenizer"
     card_info = {"mode": state["mode"], "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
                  "domain_weights": _domain_weights(state, config),
-                 "dro_method": (config.get("dro") or {}).get("method"),
+                 "dro_method": (config.get("dro") or {}).get("method"), "distill": config.get("distill"),
                  "eval": _eval_results(ckpt, eval_json), "checkpoint": str(ckpt)}
     return export_from_model(internal_sd, masks, source, state["family"], out_dir,
                              tokenizer_src=str(tokenizer_dir) if tokenizer_dir.is_dir() else None,

@@ -23,6 +23,8 @@ METHODS = {
     "prune": "targeted structured pruning with learned hard-concrete masks (Sheared-LLaMA), data reweighting: {dro}",
     "cpt": "continued pretraining of a pruned model, data reweighting: {dro}",
     "dress": "DReSS: regularise the selected units towards zero, remove them, finetune",
+    "oneshot": "one-shot structured pruning by activation importance on calibration text (Minitron-style), "
+               "no training",
 }
 QUALITY_WARNING_RATIO = 1.5
 EVAL_HEADING, WARNING_HEADING = "## Evaluation", "## Quality warning"
@@ -133,6 +135,13 @@ def with_evaluation(text: str, results: Optional[dict], source_shape=None, achie
 def _method_lines(info: dict) -> list[str]:
     method = METHODS.get(info.get("mode", "prune"), "{dro}").format(dro=info.get("dro_method") or "none")
     lines = [f"- Method: {method}."]
+    distill = info.get("distill") or {}
+    if float(distill.get("alpha") or 0) > 0:
+        # the folder name only: a card never carries a local path
+        teacher = Path(str(distill.get("teacher") or "")).name or "the unmasked source"
+        lines.append(f"- Distilled from `{teacher}`: loss = {1 - float(distill['alpha']):g} x LM + "
+                     f"{float(distill['alpha']):g} x KL(teacher || student) at temperature "
+                     f"{float(distill.get('temperature') or 1):g}.")
     target, src = info.get("target_shape"), info.get("source_shape") or {}
     if target:
         lines.append("- Target shape: " + ", ".join(f"{k} {target[k]} (source {src.get(k, '—')})"
@@ -155,9 +164,12 @@ def build_model_card(info: dict[str, Any]):
     parts = [f"# {info.get('name', 'megadrp export')}\n",
              f"A dense `{info.get('architecture')}` exported by megadrp from `{base or 'a megadrp checkpoint'}`.\n",
              *_method_lines(info),
-             f"- Checkpoint step: {info.get('step', '—')}; tokens seen: {info.get('tokens_seen', '—')}.",
+             f"- Checkpoint step: {info.get('step', '—')}; tokens seen: {info.get('tokens_seen', '—')}."
+             if info.get("step") is not None else "",
              f"- Parameters: {info.get('num_params'):,} (source {info.get('source_num_params'):,})."
              if info.get("num_params") and info.get("source_num_params") else "",
+             "- Pruned units were sliced away; loads with stock `AutoModelForCausalLM.from_pretrained`."
+             if info.get("mode") in ("oneshot", "dress") else
              "- Masks were folded into the weights once (deterministic masks; kept units keep their soft value) "
              "and pruned units were sliced away; loads with stock `AutoModelForCausalLM.from_pretrained`.",
              "" if info.get("tie_word_embeddings", True) or not info.get("source_tied") else

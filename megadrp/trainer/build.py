@@ -62,7 +62,7 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
             raise ConfigError("checkpoint.init_from", init_from, f"has shape {init_shape}, model.path has {shape}")
         weights_path = init_from
     target = None
-    if cfg.mode == "prune":
+    if cfg.mode in ("prune", "oneshot"):
         from megadrp.masks import active_families, resolve_target
 
         target = resolve_target(shape, cfg.pruning.target)
