@@ -91,7 +91,8 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     cut = json.loads((run_dir / "pruned" / "config.json").read_text())
     assert {k: cut[k] for k in TARGET} == TARGET
     scores = json.loads((run_dir / "pruned" / "oneshot_scores.json").read_text())
-    assert len(scores["removed"]["intermediate"]) == 4 and all(len(r) == 128 - 64 for r in scores["removed"]["intermediate"])
+    removed = scores["removed"]["intermediate"]
+    assert len(removed) == 4 and all(len(r) == 128 - 64 for r in removed)
     # 3: the recovery finished with a final checkpoint, distilled, and logged DRO weights for both domains
     recover = run_dir / "recover"
     metrics = [json.loads(line) for line in (recover / "metrics.jsonl").read_text().splitlines()]
@@ -119,7 +120,8 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     assert "| **average** |" in (run_dir / "export" / "README.md").read_text()  # eval --update-card
     unseen = json.loads((run_dir / "eval_unseen.json").read_text())["models"]
     assert set(unseen) == {"source", "oneshot", "pruned"}
-    assert all(set(r["domains"]) == {"textwrap.py"} and r["domains"]["textwrap.py"]["tokens"] > 0 for r in unseen.values())
+    for r in unseen.values():
+        assert set(r["domains"]) == {"textwrap.py"} and r["domains"]["textwrap.py"]["tokens"] > 0
     # 6: the report: a summary and the plots
     report = run_dir / "report"
     assert (report / "summary.md").read_text().strip()

@@ -2,7 +2,8 @@
 
 Each ``--model`` (and ``--compare``) is a HF folder or a megadrp checkpoint (exported to a temporary
 folder first), optionally labelled ``LABEL=PATH``. With ``--corpus`` all models are scored on the same
-windows of its held-out split (or, with ``--text``, of whole text files); ``--tasks`` adds (or, without ``--corpus``, gives) lm-eval-harness results,
+windows of its held-out split (or, with ``--text``, of whole text files); ``--tasks``
+adds (or, without ``--corpus``, gives) lm-eval-harness results,
 from lm-eval's registered tasks and local task folders (``--include-path``). ``--update-card`` writes the
 results into the model card of every evaluated ``megadrp export`` folder (docs/EXPORT.md).
 Output JSON: ``{"models": {label: {path, shape, num_params, domains?, average?, worst?, skipped?, protocol?,
