@@ -134,23 +134,35 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
         assert f"megadrp {stage}" not in again, again
 
 
-def test_experiment_compares_methods_and_keeps_each_export(workspace):
+def test_experiment_compares_methods_over_seeds_before_and_after_recovery(workspace):
     ws = workspace
     run_dir = ws["tmp"] / "runs" / "experiment"
     out = _run(["tools/experiment.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
                 "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "exp.yaml", 4)),
-                "--methods", "uniform", "drpruning", "--steps", "4", "--nproc", "2",
-                "--eval-windows", "2", "--eval-seq-length", "32"])
-    results = json.loads((run_dir / "results.json").read_text())["results"]
-    assert set(results) == {"source (unpruned)", "uniform", "drpruning"}
-    for method in ("uniform", "drpruning"):
-        hf = json.loads((run_dir / method / "export" / "config.json").read_text())
-        assert {k: hf[k] for k in TARGET} == TARGET
-        ev = json.loads((run_dir / method / "eval.json").read_text())["models"][method]
-        assert ev == results[method]
-        assert ev["worst"]["bits_per_byte"] == max(r["bits_per_byte"] for r in ev["domains"].values())
-    # the two methods saw different domain mixes, so they end at different models
-    assert results["uniform"]["average"]["loss"] != results["drpruning"]["average"]["loss"]
+                "--methods", "uniform", "oneshot", "--seeds", "1", "2", "--steps", "4", "--cpt-steps", "2",
+                "--distill-alpha", "0.5", "--nproc", "2", "--eval-windows", "2", "--eval-seq-length", "32",
+                "pruning.target={hidden_size: 48, num_attention_heads: 2, num_key_value_heads: 1, "
+                "intermediate_size: 64, num_hidden_layers: 3}", "dress.calibration_batches=2"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["runs"]) == {"uniform", "oneshot"}
+    for method in ("uniform", "oneshot"):
+        for seed in ("1", "2"):
+            base = run_dir / method / f"seed{seed}"
+            hf = json.loads((base / "export" / "config.json").read_text())
+            assert {k: hf[k] for k in TARGET} == TARGET
+            run = results["runs"][method][seed]
+            assert run["final"] == json.loads((base / "eval.json").read_text())["models"][method]
+            assert run["cut"]["average"]["loss"] != run["final"]["average"]["loss"]  # recovery changed it
+            assert run["tokens"]["cpt"] == 2 * 2 * 2 * 32  # steps x ranks x micro x seq
+        assert ("prune" in results["runs"][method]["1"]["tokens"]) == (method == "uniform")  # oneshot: no training
+        s = results["summary"]["final"][method]["average"]
+        assert s["range"] == pytest.approx(max(s["values"]) - min(s["values"])) and len(s["values"]) == 2
+    # uniform mixing keeps its weights; the recovery's drpruning default would move them
+    weights = results["runs"]["uniform"]["1"]["weights"]
+    assert len(weights) == 1 and weights[0]["weights"] == {"prose": 0.5, "code": 0.5}
+    assert results["runs"]["uniform"]["1"]["final"] != results["runs"]["uniform"]["2"]["final"]  # seeds differ
     table = (run_dir / "results.md").read_text()
-    assert "| uniform |" in table and "| drpruning |" in table and "worst" in table
-    assert "| drpruning |" in out
+    for part in ("## After recovery", "## The cut models before recovery", "## Gap to the source", "| uniform |",
+                 "| oneshot |", "| source (unpruned) |", "average: "):
+        assert part in table, part
+    assert "## Reading" in out

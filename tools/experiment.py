@@ -1,18 +1,21 @@
-"""The papers' comparison at small scale: same source, target shape and token budget for every method.
+"""The papers' comparison at small scale: same source, target shape, token budget and seeds for every method.
 
-    uniform    prune with a constant uniform domain mix
-    sheared    prune with Sheared-LLaMA's dynamic batch loading (exponentiated excess-loss update)
-    drpruning  prune with DRPruning's chi-square DRO (dynamic reference loss and ratio)
+    uniform    prune with learned masks, a constant uniform domain mix
+    sheared    prune with learned masks, Sheared-LLaMA's dynamic batch loading (held-out losses at its interval)
+    drpruning  prune with learned masks, DRPruning's chi-square DRO (dynamic reference loss and ratio)
     dress      DReSS: select units up front, regularise them away, cut (reweighting as drpruning)
+    oneshot    Minitron-style: activation importance in one forward pass, cut (no first-phase training)
 
-Each method runs `--steps` steps of its first phase, then (with `--cpt-steps`) the same continued
-pretraining of its exported model; its final model lands in RUN_DIR/METHOD/export/ with its eval.json
-beside it. The table (per-domain bits per byte, average, worst) is printed and written to
-RUN_DIR/results.md and RUN_DIR/results.json.
+Each method runs `--steps` steps of its first phase (none for oneshot), then `--cpt-steps` steps of the same
+recovery of its cut model (continued pretraining under the method's own domain rule, with distillation from
+the source when `--distill-alpha` > 0), once per seed of `--seeds`. Every cut model is evaluated before and
+after recovery; RUN_DIR/results.md holds the tables (mean over seeds and the seed range, per domain, average,
+worst, gap to the source) and the reading (a difference smaller than the seed range is reported as none);
+RUN_DIR/results.json holds every number and each run's domain weights over time.
 
-    python tools/experiment.py --model .cache/models/smollm2-135m --corpus .cache/corpus --run-dir runs/experiment
-    # on a GPU: --nproc 1 --device cuda --steps 400 --cpt-steps 200 deepspeed.config=ds_configs/zero3_bf16.json \
-    #           deepspeed.precision=bf16 data.seq_length=512 optim.micro_batch_size=16
+    python tools/experiment.py --budget cpu          # make experiment: <= 90 min on 2 CPU cores
+    python tools/experiment.py --budget gpu          # tools/experiment_gpu.sh: <= 9 min on one H100/H200
+    python tools/experiment.py --budget cpu --methods drpruning dress --target extreme   # DReSS's extreme ratio
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megadrp.experiments import comparison as cmp  # noqa: E402
 from megadrp.experiments import pipeline as pl  # noqa: E402
 
 METHODS = {
@@ -31,80 +35,110 @@ METHODS = {
     "sheared": ("prune", ["dro.method=sheared"]),
     "drpruning": ("prune", ["dro.method=drpruning"]),
     "dress": ("dress", ["dro.method=drpruning"]),  # + dress.regularize_steps = --steps (run_method)
+    "oneshot": ("oneshot", ["dro.method=drpruning"]),
+}
+# SmolLM2-135M (576 / 9q,3kv / 30 layers / FFN 1536, 106.2M non-embedding parameters) -> the target.
+TARGETS = {
+    "default": {"num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 880},  # 63.3M, 0.60x
+    # 30.7M non-embedding (0.29x), 49.6M in all with the tied 384-wide embedding: "135M -> ~50M"
+    "extreme": {"hidden_size": 384, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 768,
+                "num_hidden_layers": 24},
+}
+# Sized by measured step times (docs/RESULTS.md): prune ~11 s, recovery with distillation ~5.5 s a step on
+# 2 CPU ranks at 2 x 128 tokens; one GPU at 16 x 512 tokens.
+BUDGETS = {
+    "cpu": {"steps": 16, "cpt_steps": 24, "seeds": [1, 2], "nproc": 2, "distill_alpha": 0.5, "overrides": []},
+    "gpu": {"steps": 150, "cpt_steps": 100, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.5, "device": "cuda",
+            "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
+                          "data.seq_length=512", "optim.micro_batch_size=16", "logging.wandb_mode=disabled"]},
 }
 
 
-def run_method(name: str, args, prefixes: dict, domains: list[str]) -> str:
+def run_method(name: str, seed: int, args, prefixes: dict, domains: list[str]) -> tuple[str, str]:
+    """One method at one seed: (its cut model before recovery, its final model)."""
     mode, method_overrides = METHODS[name]
-    base = os.path.join(args.run_dir, name)
+    base = os.path.join(args.run_dir, name, f"seed{seed}")
     common = [f"data.prefix={prefixes['train']}", f"data.eval_prefix={prefixes['heldout']}",
-              f"data.domains=[{', '.join(domains)}]", "dro.initial_ratio=uniform", *method_overrides,
-              *args.overrides]
-    pl.banner(f"{name}: {mode} for {args.steps} steps")
+              f"data.domains=[{', '.join(domains)}]", "dro.initial_ratio=uniform", f"optim.seed={seed}",
+              *cmp.target_overrides(args.target_shape), *method_overrides, *args.overrides]
     first = os.path.join(base, "prune")
     first_overrides = [f"model.path={args.model}", *common]
-    if mode == "dress":  # the penalty reaches its final value at the last step, so the cut is lossless
-        first_overrides.append(f"dress.regularize_steps={args.steps}")
-    pl.train(mode, args.config, first, args.steps, args.nproc, first_overrides)
-    if mode == "dress":  # the dress mode writes the cut model itself
-        pruned = pl.copy_folder(os.path.join(first, "pruned"), os.path.join(first, "export"))
+    pl.banner(f"{name} seed {seed}: {mode}" + ("" if mode == "oneshot" else f" for {args.steps} steps"))
+    if mode == "oneshot":
+        pruned = pl.oneshot(args.config, first, first_overrides)
     else:
-        pruned = pl.export(first, os.path.join(first, "export"))
+        if mode == "dress":  # the penalty reaches its final value at the last step, so the cut is lossless
+            first_overrides.append(f"dress.regularize_steps={args.steps}")
+        pl.train(mode, args.config, first, args.steps, args.nproc, first_overrides)
+        if mode == "dress":  # the dress mode writes the cut model itself
+            pruned = pl.copy_folder(os.path.join(first, "pruned"), os.path.join(first, "export"))
+        else:
+            pruned = pl.export(first, os.path.join(first, "export"))
     final = os.path.join(base, "export")
     if args.cpt_steps > 0:
-        pl.banner(f"{name}: continued pretraining for {args.cpt_steps} steps")
+        pl.banner(f"{name} seed {seed}: recovery for {args.cpt_steps} steps")
         cpt = os.path.join(base, "cpt")
-        pl.train("cpt", args.config, cpt, args.cpt_steps, args.nproc, [f"model.path={pruned}", *common])
+        distill = ([f"distill.alpha={args.distill_alpha}", f"distill.teacher={args.model}"]
+                   if args.distill_alpha > 0 else ["distill.alpha=0"])
+        pl.train("cpt", args.config, cpt, args.cpt_steps, args.nproc, [f"model.path={pruned}", *common, *distill])
         pl.export(cpt, final)
     else:
         pl.copy_folder(pruned, final)
-    return final
+    return pruned, final
 
 
-def results_table(results: dict, domains: list[str]) -> str:
-    head = "| model | " + " | ".join(domains) + " | average | worst |"
-    rows = [head, "|" + "---|" * (len(domains) + 3)]
-    for label, res in results.items():
-        cells = [f"{res['domains'][d]['bits_per_byte']:.3f}" for d in domains]
-        worst = res["worst"]
-        rows.append(f"| {label} | " + " | ".join(cells) +
-                    f" | {res['average']['bits_per_byte']:.3f} | {worst['bits_per_byte']:.3f} ({worst['domain']}) |")
-    return "\n".join(rows)
+def _apply_budget(args) -> None:
+    """Fill every option the user left unset from the budget's preset."""
+    preset = BUDGETS.get(args.budget, {})
+    for key in ("steps", "cpt_steps", "seeds", "nproc", "distill_alpha", "device"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, {"steps": 40, "cpt_steps": 0, "seeds": [1], "nproc": 2,
+                                                "distill_alpha": 0.0, "device": None}[key]))
+    args.overrides = [*preset.get("overrides", []), *args.overrides]
+    args.target_shape = TARGETS[args.target]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     pl.add_common_args(p, run_dir="runs/experiment", config="configs/experiment_smollm2.yaml")
+    p.set_defaults(nproc=None)
+    p.add_argument("--budget", choices=["none", *BUDGETS], default="none",
+                   help="preset steps, seeds and set-up (explicit options override it)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--steps", type=int, default=40, help="steps of the pruning / regularisation phase")
-    p.add_argument("--cpt-steps", type=int, default=0, help="steps of continued pretraining after export")
+    p.add_argument("--target", choices=list(TARGETS), default="default", help="target shape preset")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="optim.seed of each repetition")
+    p.add_argument("--steps", type=int, default=None, help="steps of the pruning / regularisation phase")
+    p.add_argument("--cpt-steps", type=int, default=None, help="steps of recovery after the cut")
+    p.add_argument("--distill-alpha", type=float, default=None, help="KD weight in recovery (0: LM loss only)")
     p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
     args = p.parse_args(argv)
+    _apply_budget(args)
     t0 = time.time()
+    ev = (args.eval_seq_length, args.eval_windows, args.device)
+    runs: dict = {}
     try:
         domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
-        evals = {}
         source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
-                             args.eval_seq_length, args.eval_windows, args.device)
-        evals["source (unpruned)"] = source["models"]["source"]
+                             *ev)["models"]["source"]
         for name in args.methods:
-            final = run_method(name, args, prefixes, domains)
-            res = pl.evaluate({name: final}, args.corpus, os.path.join(args.run_dir, name, "eval.json"),
-                              args.eval_seq_length, args.eval_windows, args.device)
-            evals[name] = res["models"][name]
+            for seed in args.seeds:
+                pruned, final = run_method(name, seed, args, prefixes, domains)
+                base = os.path.join(args.run_dir, name, f"seed{seed}")
+                before = pl.evaluate({name: pruned}, args.corpus, os.path.join(base, "eval_cut.json"), *ev)
+                after = pl.evaluate({name: final}, args.corpus, os.path.join(base, "eval.json"), *ev)
+                runs.setdefault(name, {})[seed] = {
+                    "cut": before["models"][name], "final": after["models"][name],
+                    "weights": cmp.weights_over_time(base), "tokens": cmp.tokens_seen(base)}
     except pl.StageFailed as err:
         print(f"experiment: {err}", file=sys.stderr)
         return 1
-    table = results_table(evals, domains)
-    setup = (f"steps={args.steps} cpt_steps={args.cpt_steps} nproc={args.nproc} config={args.config} "
-             f"overrides={' '.join(args.overrides) or '-'}; eval: {args.eval_windows} windows x "
-             f"{args.eval_seq_length} tokens per domain; {time.time() - t0:.0f} s")
-    with open(os.path.join(args.run_dir, "results.md"), "w", encoding="utf-8") as fh:
-        fh.write(f"Bits per byte on the held-out split (lower is better).\n\n{table}\n\n{setup}\n")
-    with open(os.path.join(args.run_dir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump({"setup": setup, "results": evals}, fh, indent=1)
-    print("\n" + table + "\n\n" + setup)
+    setup = (f"budget={args.budget} methods={' '.join(args.methods)} target={args.target} {args.target_shape} "
+             f"seeds={args.seeds} steps={args.steps} cpt_steps={args.cpt_steps} distill_alpha={args.distill_alpha} "
+             f"nproc={args.nproc} config={args.config} overrides={' '.join(args.overrides) or '-'}; eval: "
+             f"{args.eval_windows} windows x {args.eval_seq_length} tokens per domain; {time.time() - t0:.0f} s")
+    report = cmp.write_results(args.run_dir, source, runs, domains, setup)
+    print("\n" + report)
     return 0
 
 

@@ -1,0 +1,136 @@
+"""The method comparison's tables and reading (tools/experiment.py): seeds aggregated, noise named as noise.
+
+Per method, over its seeds: the mean held-out bits per byte of every domain, the average and the worst
+domain, each with the seed range (max - min); the gap of each domain to the source; the same for the cut
+models before recovery. The reading compares every pair of methods on the average and on the worst domain
+and calls a difference real only when it exceeds both methods' seed ranges (with two seeds the range is the
+only spread there is; "no difference" is the honest answer below it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from statistics import mean
+
+METRICS = ("average", "worst")
+
+
+def target_overrides(target: dict) -> list[str]:
+    """The override that replaces the recipe's whole ``pruning.target`` (fields not named: the source's)."""
+    return ["pruning.target={" + ", ".join(f"{k}: {v}" for k, v in target.items()) + "}"]
+
+
+def _records(run_base: str) -> list[dict]:
+    out = []
+    for phase in ("prune", "cpt"):
+        path = os.path.join(run_base, phase, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                out += [dict(r, phase=phase) for r in map(json.loads, fh) if r.get("kind") == "train"]
+    return out
+
+
+def weights_over_time(run_base: str) -> list[dict]:
+    """``[{phase, step, weights}]`` of a method's runs, at each change of the domain weights."""
+    out, last = [], None
+    for r in _records(run_base):
+        w = r.get("domain_weights")
+        if w and w != last:
+            out.append({"phase": r["phase"], "step": r["step"], "weights": w})
+            last = w
+    return out
+
+
+def tokens_seen(run_base: str) -> dict:
+    """Training tokens of each phase (the last record's ``tokens_seen``)."""
+    out: dict = {}
+    for r in _records(run_base):
+        out[r["phase"]] = r.get("tokens_seen", 0)
+    return out
+
+
+def _value(res: dict, metric: str, domain: str | None = None) -> float:
+    if domain is not None:
+        return float(res["domains"][domain]["bits_per_byte"])
+    return float(res[metric]["bits_per_byte"])
+
+
+def summarize(runs: dict, domains: list[str], which: str) -> dict:
+    """``{method: {domain|average|worst: {mean, range, values}}}`` over seeds, for ``which`` in cut/final."""
+    out = {}
+    for method, seeds in runs.items():
+        rows = {}
+        for key in (*domains, *METRICS):
+            vals = [_value(r[which], key, key if key in domains else None) for r in seeds.values()]
+            rows[key] = {"mean": mean(vals), "range": max(vals) - min(vals), "values": vals}
+        rows["worst_domains"] = [r[which]["worst"]["domain"] for r in seeds.values()]
+        out[method] = rows
+    return out
+
+
+def reading(summary: dict) -> list[str]:
+    """One line per pair of methods and metric: which is better, or no difference within the seed range."""
+    lines, methods = [], list(summary)
+    for metric in METRICS:
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                ma, mb = summary[a][metric], summary[b][metric]
+                diff = ma["mean"] - mb["mean"]
+                noise = max(ma["range"], mb["range"])
+                if abs(diff) <= noise:
+                    lines.append(f"- {metric}: {a} vs {b}: no difference ({diff:+.3f} bits/byte, within the seed "
+                                 f"range {noise:.3f})")
+                else:
+                    better, worse = (a, b) if diff < 0 else (b, a)
+                    lines.append(f"- {metric}: {better} better than {worse} by {abs(diff):.3f} bits/byte (seed "
+                                 f"range {noise:.3f})")
+    return lines
+
+
+def table(summary: dict, domains: list[str], source: dict | None = None) -> str:
+    """Markdown: mean ± half the seed range per domain, the average and the worst domain."""
+    head = "| model | " + " | ".join(domains) + " | average | worst |"
+    rows = [head, "|" + "---|" * (len(domains) + 3)]
+    if source is not None:
+        cells = [f"{_value(source, '', d):.3f}" for d in domains]
+        rows.append("| source (unpruned) | " + " | ".join(cells) + f" | {_value(source, 'average'):.3f} | "
+                    f"{_value(source, 'worst'):.3f} ({source['worst']['domain']}) |")
+    for method, r in summary.items():
+        cells = [f"{r[k]['mean']:.3f} ± {r[k]['range'] / 2:.3f}" for k in (*domains, *METRICS)]
+        worst = "/".join(sorted(set(r["worst_domains"])))
+        rows.append(f"| {method} | " + " | ".join(cells[:-1]) + f" | {cells[-1]} ({worst}) |")
+    return "\n".join(rows)
+
+
+def gap_table(summary: dict, domains: list[str], source: dict) -> str:
+    """Markdown: each domain's mean bits per byte minus the source's (how far each domain is left behind)."""
+    rows = ["| model | " + " | ".join(domains) + " | largest gap |", "|" + "---|" * (len(domains) + 2)]
+    for method, r in summary.items():
+        gaps = {d: r[d]["mean"] - _value(source, "", d) for d in domains}
+        top = max(gaps, key=gaps.get)
+        rows.append(f"| {method} | " + " | ".join(f"{g:+.3f}" for g in gaps.values()) +
+                    f" | {gaps[top]:+.3f} ({top}) |")
+    return "\n".join(rows)
+
+
+def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], setup: str) -> str:
+    """RUN_DIR/results.md (tables and reading) and results.json (every number); returns the markdown."""
+    final, cut = summarize(runs, domains, "final"), summarize(runs, domains, "cut")
+    tokens = {m: {s: r["tokens"] for s, r in seeds.items()} for m, seeds in runs.items()}
+    md = "\n\n".join([
+        "Held-out bits per byte (lower is better), mean over seeds ± half the seed range.",
+        "## After recovery\n\n" + table(final, domains, source),
+        "## Gap to the source after recovery\n\n" + gap_table(final, domains, source),
+        "## The cut models before recovery\n\n" + table(cut, domains, source),
+        "## Reading (after recovery)\n\n" + "\n".join(reading(final)),
+        "## Reading (before recovery)\n\n" + "\n".join(reading(cut)),
+        "## Training tokens per run\n\n" + "\n".join(f"- {m}: {t}" for m, t in tokens.items()),
+        setup,
+    ]) + "\n"
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "results.md"), "w", encoding="utf-8") as fh:
+        fh.write(md)
+    with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump({"setup": setup, "source": source, "summary": {"final": final, "cut": cut}, "runs": runs}, fh,
+                  indent=1)
+    return md
