@@ -165,7 +165,7 @@ def build_model_card(info: dict[str, Any]):
              f"A dense `{info.get('architecture')}` exported by megadrp from `{base or 'a megadrp checkpoint'}`.\n",
              *_method_lines(info),
              f"- Checkpoint step: {info.get('step', '—')}; tokens seen: {info.get('tokens_seen', '—')}."
-             if info.get("step") is not None else "",
+             if info.get("step") is not None or info.get("tokens_seen") is not None else "",  # a one-shot cut: none
              f"- Parameters: {info.get('num_params'):,} (source {info.get('source_num_params'):,})."
              if info.get("num_params") and info.get("source_num_params") else "",
              "- Pruned units were sliced away; loads with stock `AutoModelForCausalLM.from_pretrained`."
