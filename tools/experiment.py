@@ -20,7 +20,6 @@ RUN_DIR/results.json holds every number and each run's domain weights over time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
