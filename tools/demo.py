@@ -1,4 +1,4 @@
-"""`make demo`: cut the real SmolLM2-135M in one shot, recover it with distillation and DRO, export, evaluate.
+"""`make demo`: cut the real SmolLM2-135M in one shot, recover it under DRO (distillation optional), export, evaluate.
 
 Every stage runs the `megadrp` subcommand a user would, and is skipped when its output is already complete
 (see megadrp/experiments/pipeline.py), so a second `make demo` only prints where everything is. The model and the corpus
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         pl.banner("2/6 cut the source in one shot to the target shape (activation importance, all six domains)")
         pruned = pl.oneshot(args.config, args.run_dir, [*data, *args.overrides])
 
-        pl.banner(f"3/6 recover: distil from the source with DRPruning's DRO on {args.nproc} CPU ranks under ZeRO-3")
+        pl.banner(f"3/6 recover the cut model with DRPruning's DRO on {args.nproc} CPU ranks under ZeRO-3")
         with open(args.config, encoding="utf-8") as fh:
             max_steps = yaml.safe_load(fh)["optim"]["max_steps"]
         recover = os.path.join(args.run_dir, "recover")
