@@ -45,7 +45,7 @@ demo: setup model corpus
 	$(VPY) tools/demo.py --model $(MODEL) --corpus $(CORPUS) --run-dir runs/demo
 
 experiment: setup model corpus
-	$(VPY) tools/experiment.py --model $(MODEL) --corpus $(CORPUS) --run-dir runs/experiment
+	$(VPY) tools/experiment.py --budget cpu --model $(MODEL) --corpus $(CORPUS) --run-dir runs/experiment
 
 bench: setup
 	$(VPY) tools/bench_preprocess.py
