@@ -117,7 +117,12 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
     assert ev["oneshot"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
     assert "| source | oneshot | pruned |" in (run_dir / "eval.md").read_text()
-    assert "| **average** |" in (run_dir / "export" / "README.md").read_text()  # eval --update-card
+    card = (run_dir / "export" / "README.md").read_text()
+    assert "| **average** |" in card  # eval --update-card
+    # the recovered model's card names the lineage's model, not the unpublished cut it continued from
+    source_name = Path(ws["model"]).name
+    assert f"base_model: {source_name}" in card and "base_model: pruned" not in card
+    assert f"cut from `{source_name}`" in card and "(42.1%)" not in card
     unseen = json.loads((run_dir / "eval_unseen.json").read_text())["models"]
     assert set(unseen) == {"source", "oneshot", "pruned"}
     for r in unseen.values():

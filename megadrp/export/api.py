@@ -17,7 +17,7 @@ import torch
 from megadrp import run_format
 from megadrp.export.card import build_model_card
 from megadrp.export.consolidate import load_checkpoint_for_export
-from megadrp.export.provenance import base_model_id, license_files, source_hub_id, source_license
+from megadrp.export.provenance import base_model_id, license_files, megadrp_origin, source_hub_id, source_license
 from megadrp.export.surgery import ExportError, kept_counts, prune_state_dict
 from megadrp.export.writer import (
     EXPORT_MARKER,
@@ -165,6 +165,11 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
     info.setdefault("base_model", source_hub_id(known) or base_model_id(source_model_dir or known))
     info.setdefault("base_model_is_hub_id", source_hub_id(known) is not None)
     info.setdefault("license", source_license(known))
+    origin = megadrp_origin(source_model_dir).get("source_shape")
+    if origin:  # the source is a megadrp export: count against the model it was cut from, too
+        from megadrp.model.shape import ModelShape
+
+        info["origin_non_embedding_params"] = ModelShape.from_dict(origin).num_params(include_embeddings=False)
     with AtomicFolder(out_dir) as tmp:
         config = hf_config(achieved, family_name, dtype)
         config.save_pretrained(tmp)

@@ -149,6 +149,10 @@ def _method_lines(info: dict) -> list[str]:
     n, n_src = info.get("non_embedding_params"), info.get("source_non_embedding_params")
     if n and n_src:
         lines.append(f"- Non-embedding parameters: {n:,} of the source's {n_src:,} ({n / n_src:.1%}).")
+    n_origin = info.get("origin_non_embedding_params")
+    if n and n_origin:
+        lines.append(f"- The source is itself a megadrp export, cut from `{info.get('base_model')}`: {n:,} of that "
+                     f"model's {n_origin:,} non-embedding parameters ({n / n_origin:.1%}).")
     return lines
 
 

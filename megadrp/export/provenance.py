@@ -68,13 +68,31 @@ def _config(source: Optional[str]) -> dict:
         return {}
 
 
+def megadrp_origin(source: Optional[str]) -> dict:
+    """The record (megadrp_export.json) of a source that is itself a megadrp export, e.g. a one-shot cut that
+    `megadrp cpt` recovered; {} for any other source."""
+    path = Path(source) / "megadrp_export.json" if source else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+
+
+def inherited_base_model(source: Optional[str]) -> Optional[str]:
+    """The base_model a megadrp-export source's card names (None for any other source)."""
+    return source_metadata(source).get("base_model") if megadrp_origin(source) else None
+
+
 def source_hub_id(source: Optional[str]) -> Optional[str]:
-    """The source's Hub id by the rules of this module's docstring, or None when none is known."""
+    """The source's Hub id by the rules of this module's docstring, or None when none is known. A source that
+    is a megadrp export passes on its own base_model: the lineage's Hub model, not an unpublished local step."""
     if not source:
         return None
     if _is_hub_id(source):
         return source
-    for name in (source_metadata(source).get("megadrp_source_id"), _config(source).get("_name_or_path")):
+    for name in (inherited_base_model(source), source_metadata(source).get("megadrp_source_id"), _config(source).get("_name_or_path")):
         if _is_hub_id(name):
             return name
     cached = next((p for p in Path(source).absolute().parts if _HF_CACHE.match(p)), None)
@@ -85,7 +103,7 @@ def base_model_id(source: Optional[str]) -> Optional[str]:
     """``base_model`` for the card: the source's Hub id, else its folder name (never a path), else None."""
     if not source:
         return None
-    return source_hub_id(source) or Path(str(source).rstrip("/\\")).name or None
+    return source_hub_id(source) or inherited_base_model(source) or Path(str(source).rstrip("/\\")).name or None
 
 
 def license_files(source: Optional[str]) -> list[Path]:
