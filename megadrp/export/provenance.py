@@ -92,7 +92,8 @@ def source_hub_id(source: Optional[str]) -> Optional[str]:
         return None
     if _is_hub_id(source):
         return source
-    for name in (inherited_base_model(source), source_metadata(source).get("megadrp_source_id"), _config(source).get("_name_or_path")):
+    for name in (inherited_base_model(source), source_metadata(source).get("megadrp_source_id"),
+                 _config(source).get("_name_or_path")):
         if _is_hub_id(name):
             return name
     cached = next((p for p in Path(source).absolute().parts if _HF_CACHE.match(p)), None)
