@@ -5,7 +5,7 @@
 
 Stages (each the `megadrp` command a user would run, cached like tools/experiment.py's):
 1. the student: a direct cut of the source to the method comparison's target (d 384, 6/2 heads, m 1024,
-   24 layers; activation criterion on --calibration-batches training batches), written as an HF folder;
+   24 layers; `megadrp oneshot` on --calibration-batches training batches), written as an HF folder;
 2. for each alpha, `megadrp cpt` of that folder for --steps steps with the source as distill.teacher (frozen,
    ZeRO-3, megadrp/distill/teacher.py); same seed, so the same batches in the same order; a constant uniform
    domain mix (dro.method=constant), so the three runs differ only in the loss;
@@ -26,36 +26,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megadrp.experiments import pipeline as pl  # noqa: E402
+from megadrp.experiments.comparison import target_overrides  # noqa: E402
 
 ALPHAS = ("0", "0.5", "1.0")
 TARGET = {"hidden_size": 384, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 1024,
           "num_hidden_layers": 24}
-
-
-def direct_cut(model: str, prefix: str, domains: list, out_dir: str, batches: int, seq_length: int) -> str:
-    """Select (activation criterion) and cut the source once; the HF folder every arm starts from."""
-    if os.path.exists(os.path.join(out_dir, "config.json")):
-        print(f"cached: {out_dir}")
-        return out_dir
-    import torch
-
-    from megadrp.config.schema import TargetShape
-    from megadrp.data import DomainMixtureSampler, load_domain_datasets
-    from megadrp.dress.cut import export_pruned
-    from megadrp.dress.scoring import score_units
-    from megadrp.dress.select import select_units
-    from megadrp.model import load_pretrained, read_shape
-
-    torch.manual_seed(0)
-    shape, family = read_shape(model)
-    source = load_pretrained(model, dtype=torch.float32)
-    sampler = DomainMixtureSampler(load_domain_datasets(prefix, domains, tokenizer=model), seq_length, 2, seed=7,
-                                   rank=0, world_size=1)
-    calib = [sampler.next_batch()["tokens"] for _ in range(batches)]
-    masks = select_units(score_units(source, calib, "activation"), shape, TargetShape(**TARGET))
-    export_pruned(source.state_dict(), shape, family, masks, out_dir, tokenizer_src=model, dtype="float32",
-                  source_model_dir=model)
-    return out_dir
 
 
 def tokens_per_s(run_dir: str) -> float:
@@ -112,8 +87,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
     pl.banner("the student: a direct cut of the source")
-    student = direct_cut(args.model, prefixes["train"], domains, os.path.join(args.run_dir, "cut"),
-                         args.calibration_batches, 128)
+    student = pl.oneshot(args.config, args.run_dir, [
+        f"model.path={args.model}", f"data.prefix={prefixes['train']}", f"data.domains=[{', '.join(domains)}]",
+        *target_overrides(TARGET), f"dress.calibration_batches={args.calibration_batches}", "data.seq_length=128",
+        "export.dtype=float32"])
     common = [f"data.prefix={prefixes['train']}", f"data.domains=[{', '.join(domains)}]", "dro.method=constant",
               "dro.initial_ratio=uniform", f"model.path={student}", f"distill.teacher={args.model}",
               *args.overrides]
