@@ -176,3 +176,25 @@ def test_trainer_startup_prints_the_plan_and_refuses_a_run_that_cannot_fit(tmp_p
     # GPUs far smaller than the estimate: the same check refuses, naming the knobs.
     with pytest.raises(ConfigError, match=r"needs ~.* GiB per GPU but the GPUs have .*change: .*micro_batch_size=1"):
         startup_check(cfg, plan, log=lines.append, gpu_memory_gib=est.per_gpu_gib["total"] / 4)
+
+
+def test_the_fused_loss_budgets_one_chunk_not_the_micro_batchs_logits():
+    """Llama-3.1-8B -> 3B at 4 x 4096 tokens: the unfused logits line is tokens x 128k x 14 bytes (~27 GiB);
+    the fused one is a chunk of them plus the head's fp32 gradient accumulator."""
+    from megadrp.kernels.cross_entropy import chunk_tokens
+    from megadrp.plan import estimate, run_shape
+
+    cfg = _recipe("llama3.1_8b_to_3b.yaml")
+    assert cfg.model.fused_cross_entropy  # the default
+    fused = run_shape(cfg, 8)
+    assert fused.fused_loss
+    s = fused.shape
+    chunk = chunk_tokens(s.vocab_size, s.hidden_size)
+    want = chunk * s.vocab_size * (2 + 4 + 4) + s.vocab_size * s.hidden_size * 4
+    assert estimate(fused, 80).per_gpu_gib["logits"] * GIB == pytest.approx(want, rel=1e-6)
+    cfg.model.fused_cross_entropy = False
+    unfused = estimate(run_shape(cfg, 8), 80)
+    tokens = cfg.optim.micro_batch_size * cfg.data.seq_length
+    assert unfused.per_gpu_gib["logits"] * GIB == pytest.approx(tokens * s.vocab_size * 14, rel=1e-6)
+    saved = tokens * s.vocab_size * 14 - want
+    assert (unfused.per_gpu_gib["total"] - estimate(fused, 80).per_gpu_gib["total"]) * GIB == pytest.approx(saved, rel=1e-3)

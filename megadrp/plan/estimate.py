@@ -14,11 +14,15 @@ and after RoPE, the attention output, and the SwiGLU's gate, up, silu(gate) and 
 dtype; attention runs through SDPA/flash, so no T x T score matrix is kept. With activation checkpointing
 each layer keeps only its input, and one layer's activations exist at a time during its recompute. The
 logits of one micro-batch (the training-dtype output, its fp32 copy for the loss, the saved log-softmax and
-its gradient) are a separate line: at a 128k vocabulary they rival the whole stack of checkpointed layers.
+its gradient) are a separate line: at a 128k vocabulary they rival the whole stack of checkpointed layers. With
+the fused linear + cross-entropy (model.fused_cross_entropy, the default, unless a KD term reads the logits)
+the line is one chunk of those instead, plus the LM head's fp32 weight-gradient accumulator.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from megadrp.kernels.cross_entropy import chunk_tokens
 from typing import Optional
 
 GIB = 1024 ** 3
@@ -77,6 +81,7 @@ class RunShape:
     teacher: Optional[object] = None  # ModelShape of a separate teacher copy (distillation)
     teacher_logits: bool = False  # distillation: a teacher pass's logits (own all-ones pass or a copy)
     masked: bool = False  # prune mode: the forward multiplies by sampled masks
+    fused_loss: bool = False  # model.fused_cross_entropy without distillation: no [tokens, V] logits
     max_steps: int = 0
 
 
@@ -154,7 +159,13 @@ def estimate(run: RunShape, gpu_memory_gib: Optional[float] = None, mfu: float =
     act_ckpt = s.num_hidden_layers * s.hidden_size * w * tokens + layer_act
     activations = act_ckpt if run.activation_checkpointing else act_full
     logit_bytes = w + (4 if w != 4 else 0) + 4 + 4
-    logits = tokens * s.vocab_size * logit_bytes
+    if run.fused_loss:  # kernels/cross_entropy.py: one chunk's logits, its fp32 log-sum-exp and gradient, and
+        # the fp32 weight-gradient accumulator of the LM head, instead of the whole micro-batch's logits
+        chunk = min(tokens, chunk_tokens(s.vocab_size, s.hidden_size))
+        # (the chunk in the matmul dtype, its fp32 probabilities and their gradient; nothing is kept for backward)
+        logits = chunk * s.vocab_size * (w + 4 + 4) + s.vocab_size * s.hidden_size * 4
+    else:
+        logits = tokens * s.vocab_size * logit_bytes
     if run.teacher_logits:
         logits += tokens * s.vocab_size * (w + 4 + 4)  # the teacher's logits, fp32 copy, softmax
 

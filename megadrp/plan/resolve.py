@@ -100,4 +100,5 @@ def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Option
                     accumulation=cfg.optim.gradient_accumulation_steps, seq_length=cfg.data.seq_length,
                     activation_checkpointing=cfg.model.activation_checkpointing, mask_params=mask_params,
                     teacher=teacher, teacher_logits=teacher_logits, masked=cfg.mode == "prune",
+                    fused_loss=bool(getattr(cfg.model, "fused_cross_entropy", False)) and not teacher_logits,
                     max_steps=cfg.optim.max_steps)
