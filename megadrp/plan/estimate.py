@@ -21,9 +21,9 @@ the line is one chunk of those instead, plus the LM head's fp32 weight-gradient 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from megadrp.kernels.cross_entropy import chunk_tokens
-from typing import Optional
 
 GIB = 1024 ** 3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
