@@ -209,8 +209,11 @@ def _exit_launched_rank(code: int) -> None:
     closed, the lock released) was seen aborting afterwards with SIGABRT, "terminate called without an active
     exception": a joinable C++ thread of the communication stack destroyed during interpreter finalisation
     (once in a CI run of the 2-rank distillation test; pytorch/pytorch#179291 describes the same class of exit
-    crash). Nothing is left to lose by then, so flush and leave with the run's exit code.
+    crash). Nothing is left to lose by then, so flush and leave. Only after success: a failed or refused run
+    exits normally (no process group was made, or the error is already on its way).
     """
+    if code != 0:  # a refused start: the normal exit, which also gives rank 0's message time to reach the
+        sys.exit(code)  # launcher before a faster rank's exit makes it kill the job
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
