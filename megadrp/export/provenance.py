@@ -58,26 +58,25 @@ def source_metadata(source: Optional[str]) -> dict:
         return {}
 
 
-def _config(source: Optional[str]) -> dict:
-    path = Path(source) / "config.json" if source else None
+def _json_file(source: Optional[str], name: str) -> dict:
+    """The source folder's JSON file ``name`` ({} when it is missing or does not parse)."""
+    path = Path(source) / name if source else None
     if path is None or not path.is_file():
         return {}
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return {}
+
+
+def _config(source: Optional[str]) -> dict:
+    return _json_file(source, "config.json")
 
 
 def megadrp_origin(source: Optional[str]) -> dict:
     """The record (megadrp_export.json) of a source that is itself a megadrp export, e.g. a one-shot cut that
     `megadrp cpt` recovered; {} for any other source."""
-    path = Path(source) / "megadrp_export.json" if source else None
-    if path is None or not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
+    return _json_file(source, "megadrp_export.json")
 
 
 def inherited_base_model(source: Optional[str]) -> Optional[str]:
