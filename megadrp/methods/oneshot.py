@@ -12,9 +12,10 @@ megadrp.export, so ``RUN_DIR/pruned`` is a dense Hugging Face folder with the so
 model card, as ``megadrp export`` writes it.
 
 This is the one-shot baseline of the method comparison (docs/RESULTS.md) and the first half of the demo:
-recover the folder with ``megadrp cpt model.path=RUN_DIR/pruned``, with distillation from the source and
-domain reweighting (tools/demo.py). It runs in one process: a few forward passes need no launcher, and the
-source is loaded whole (it is the size one GPU or host holds; a 70B source needs the trained path).
+recover the folder with ``megadrp cpt model.path=RUN_DIR/pruned`` under domain reweighting, on the LM loss
+or distilling from the source (``distill.alpha``; tools/demo.py uses the LM loss, docs/RESULTS.md says why).
+It runs in one process: a few forward passes need no launcher, and the source is loaded whole (it is the
+size one GPU or host holds; a 70B source needs the trained path).
 """
 from __future__ import annotations
 
