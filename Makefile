@@ -7,12 +7,13 @@ STAMP   := $(VENV)/.megadrp-setup
 CACHE   := .cache
 MODEL   := $(CACHE)/models/smollm2-135m
 CORPUS  := $(CACHE)/corpus
+UNSEEN  := $(CACHE)/corpus_unseen
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(CACHE)/torch_extensions
 
-.PHONY: setup test test-slow demo lint bench corpus model experiment clean
+.PHONY: setup test test-slow demo lint bench corpus corpus-unseen model experiment clean
 
 setup: $(STAMP)
 $(STAMP): setup.py constraints-cpu.txt
@@ -41,11 +42,17 @@ corpus: setup $(CORPUS)/manifest.json
 $(CORPUS)/manifest.json:
 	$(VPY) tools/build_corpus.py --output $(CORPUS)
 
+# Domains no recipe trains on (configs/unseen_sources.yaml): the comparison's robustness check.
+corpus-unseen: setup $(UNSEEN)/manifest.json
+$(UNSEEN)/manifest.json: configs/unseen_sources.yaml
+	$(VPY) tools/build_corpus.py --sources configs/unseen_sources.yaml --output $(UNSEEN) --max-bytes 200000
+
 demo: setup model corpus
 	$(VPY) tools/demo.py --model $(MODEL) --corpus $(CORPUS) --run-dir runs/demo
 
-experiment: setup model corpus
-	$(VPY) tools/experiment.py --budget cpu --model $(MODEL) --corpus $(CORPUS) --run-dir runs/experiment
+experiment: setup model corpus corpus-unseen
+	$(VPY) tools/experiment.py --budget cpu --model $(MODEL) --corpus $(CORPUS) --unseen-corpus $(UNSEEN) \
+		--run-dir runs/experiment
 
 bench: setup
 	$(VPY) tools/bench_preprocess.py

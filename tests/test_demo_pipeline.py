@@ -139,10 +139,26 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
         assert f"megadrp {stage}" not in again, again
 
 
+def _unseen_corpus(tmp: Path) -> tuple[Path, Path]:
+    """A corpus of one domain that no run trains on, built by tools/build_corpus.py from a local folder."""
+    texts = tmp / "unseen_texts"
+    texts.mkdir()
+    for i in range(3):
+        (texts / f"poem{i}.txt").write_text(f"Roses are red, violets are blue, poem number {i} rhymes with you.\n" * 6)
+    sources = tmp / "unseen_sources.yaml"
+    sources.write_text(yaml.safe_dump({"domains": {"verse": [{"path": str(texts), "include": ["*.txt"],
+                                                                "format": "text"}]}}))
+    corpus = tmp / "corpus_unseen"
+    _run(["tools/build_corpus.py", "--sources", str(sources), "--output", str(corpus), "--cache", str(tmp / "src")])
+    return sources, corpus
+
+
 def test_experiment_compares_methods_over_seeds_before_and_after_recovery(workspace):
     ws = workspace
     run_dir = ws["tmp"] / "runs" / "experiment"
+    unseen_sources, unseen_corpus = _unseen_corpus(ws["tmp"])
     out = _run(["tools/experiment.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
+                "--unseen-sources", str(unseen_sources), "--unseen-corpus", str(unseen_corpus),
                 "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "exp.yaml", 4)),
                 "--methods", "uniform", "oneshot", "--seeds", "1", "2", "--steps", "4", "--cpt-steps", "2",
                 "--distill-alpha", "0.5", "--nproc", "2", "--eval-windows", "2", "--eval-seq-length", "32",
@@ -159,6 +175,10 @@ def test_experiment_compares_methods_over_seeds_before_and_after_recovery(worksp
             assert run["final"] == json.loads((base / "eval.json").read_text())["models"][method]
             assert run["cut"]["average"]["loss"] != run["final"]["average"]["loss"]  # recovery changed it
             assert run["tokens"]["cpt"] == 2 * 2 * 2 * 32  # steps x ranks x micro x seq
+            # the final model scored on the domain no run trained on, apart from the training corpus's held-out
+            assert set(run["unseen"]["domains"]) == {"verse"} and run["unseen"]["domains"]["verse"]["tokens"] > 0
+            assert run["unseen"] == json.loads((base / "eval_unseen.json").read_text())["models"][method]
+            assert "verse" not in (base / "export" / "README.md").read_text()  # the card keeps the held-out table
         assert ("prune" in results["runs"][method]["1"]["tokens"]) == (method == "uniform")  # oneshot: no training
         s = results["summary"]["final"][method]["average"]
         assert s["range"] == pytest.approx(max(s["values"]) - min(s["values"])) and len(s["values"]) == 2
@@ -167,7 +187,10 @@ def test_experiment_compares_methods_over_seeds_before_and_after_recovery(worksp
     assert len(weights) == 1 and weights[0]["weights"] == {"prose": 0.5, "code": 0.5}
     assert results["runs"]["uniform"]["1"]["final"] != results["runs"]["uniform"]["2"]["final"]  # seeds differ
     table = (run_dir / "results.md").read_text()
+    assert set(results["unseen_source"]["domains"]) == {"verse"}
+    assert set(results["summary"]["unseen"]) == {"uniform", "oneshot"}
     for part in ("## After recovery", "## The cut models before recovery", "## Gap to the source", "| uniform |",
-                 "| oneshot |", "| source (unpruned) |", "average: "):
+                 "| oneshot |", "| source (unpruned) |", "average: ", "## Domains no run trained on",
+                 "## Reading (domains no run trained on)", "| model | verse | average | worst |"):
         assert part in table, part
     assert "## Reading" in out

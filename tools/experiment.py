@@ -5,17 +5,23 @@
     drpruning  prune with learned masks, DRPruning's chi-square DRO (dynamic reference loss and ratio)
     dress      DReSS: select units up front, regularise them away, cut (reweighting as drpruning)
     oneshot    Minitron-style: activation importance in one forward pass, cut (no first-phase training)
+    oneshot_uniform, oneshot_sheared
+               the same one-shot cut, recovered under uniform mixing / Sheared-LLaMA's rule instead of
+               DRPruning's: the domain rule's effect on recovery, with the structure held fixed
 
 Each method runs `--steps` steps of its first phase (none for oneshot), then `--cpt-steps` steps of the same
 recovery of its cut model (continued pretraining under the method's own domain rule, with distillation from
 the source when `--distill-alpha` > 0), once per seed of `--seeds`. Every cut model is evaluated before and
-after recovery; RUN_DIR/results.md holds the tables (mean over seeds and the seed range, per domain, average,
-worst, gap to the source) and the reading (a difference smaller than the seed range is reported as none);
-RUN_DIR/results.json holds every number and each run's domain weights over time.
+after recovery, every final model and the source also on the held-out split of `--unseen-corpus`: domains no
+run trained on (built from configs/unseen_sources.yaml when missing), for DRPruning's claim of robustness to
+domains a run never saw. RUN_DIR (runs/experiment; runs/experiment_extreme for `--target extreme`) then holds
+results.md, the tables (mean over seeds and the seed range, per domain, average, worst, gap to the source),
+the papers' claims read from them and every pairwise reading (a difference smaller than the seed range is
+reported as none), and results.json, every number and each run's domain weights over time.
 
     python tools/experiment.py --budget cpu          # make experiment: <= 90 min on 2 CPU cores
     python tools/experiment.py --budget gpu          # tools/experiment_gpu.sh: <= 9 min on one H100/H200
-    python tools/experiment.py --budget cpu --methods drpruning dress --target extreme   # DReSS's extreme ratio
+    python tools/experiment.py --budget cpu --methods dress oneshot --target extreme    # DReSS's extreme ratio
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ METHODS = {
     "drpruning": ("prune", ["dro.method=drpruning"]),
     "dress": ("dress", ["dro.method=drpruning"]),  # + dress.regularize_steps = --steps (run_method)
     "oneshot": ("oneshot", ["dro.method=drpruning"]),
+    "oneshot_uniform": ("oneshot", ["dro.method=constant"]),  # the cut does not depend on dro.*
+    "oneshot_sheared": ("oneshot", ["dro.method=sheared"]),
 }
 # SmolLM2-135M (576 / 9q,3kv / 30 layers / FFN 1536, 106.2M non-embedding parameters) -> the target.
 TARGETS = {
@@ -95,22 +103,29 @@ def _apply_budget(args) -> None:
                                                 "distill_alpha": 0.0, "device": None}[key]))
     args.overrides = [*preset.get("overrides", []), *args.overrides]
     args.target_shape = TARGETS[args.target]
+    if args.run_dir is None:  # each target its own folder: a finished stage is never asked for another shape
+        args.run_dir = "runs/experiment" if args.target == "default" else f"runs/experiment_{args.target}"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     pl.add_common_args(p, run_dir="runs/experiment", config="configs/experiment_smollm2.yaml")
-    p.set_defaults(nproc=None)
+    p.set_defaults(nproc=None, run_dir=None)
     p.add_argument("--budget", choices=["none", *BUDGETS], default="none",
                    help="preset steps, seeds and set-up (explicit options override it)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS)[:5], choices=list(METHODS),
+                   help="default: the five methods (not the one-shot domain-rule arms)")
     p.add_argument("--target", choices=list(TARGETS), default="default", help="target shape preset")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="optim.seed of each repetition")
     p.add_argument("--steps", type=int, default=None, help="steps of the pruning / regularisation phase")
     p.add_argument("--cpt-steps", type=int, default=None, help="steps of recovery after the cut")
     p.add_argument("--distill-alpha", type=float, default=None, help="KD weight in recovery (0: LM loss only)")
     p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
+    p.add_argument("--unseen-corpus", default=".cache/corpus_unseen",
+                   help="corpus of domains no run trains on, scored for robustness ('none': skip)")
+    p.add_argument("--unseen-sources", default="configs/unseen_sources.yaml",
+                   help="source list the unseen corpus is built from when it is missing")
     args = p.parse_args(argv)
     _apply_budget(args)
     t0 = time.time()
@@ -120,6 +135,11 @@ def main(argv=None) -> int:
         domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
         source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
                              *ev)["models"]["source"]
+        unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
+        if unseen:
+            unseen_json = os.path.join(args.run_dir, "source_unseen.json")
+            unseen_source = pl.evaluate({"source": args.model}, unseen, unseen_json, *ev,
+                                        card=False)["models"]["source"]
         for name in args.methods:
             for seed in args.seeds:
                 pruned, final = run_method(name, seed, args, prefixes, domains)
@@ -129,6 +149,10 @@ def main(argv=None) -> int:
                 runs.setdefault(name, {})[seed] = {
                     "cut": before["models"][name], "final": after["models"][name],
                     "weights": cmp.weights_over_time(base), "tokens": cmp.tokens_seen(base)}
+                if unseen:
+                    runs[name][seed]["unseen"] = pl.evaluate({name: final}, unseen,
+                                                             os.path.join(base, "eval_unseen.json"), *ev,
+                                                             card=False)["models"][name]
     except pl.StageFailed as err:
         print(f"experiment: {err}", file=sys.stderr)
         return 1
@@ -136,7 +160,8 @@ def main(argv=None) -> int:
              f"seeds={args.seeds} steps={args.steps} cpt_steps={args.cpt_steps} distill_alpha={args.distill_alpha} "
              f"nproc={args.nproc} config={args.config} overrides={' '.join(args.overrides) or '-'}; eval: "
              f"{args.eval_windows} windows x {args.eval_seq_length} tokens per domain; {time.time() - t0:.0f} s")
-    report = cmp.write_results(args.run_dir, source, runs, domains, setup)
+    report = cmp.write_results(args.run_dir, source, runs, domains, setup,
+                               unseen=(unseen_source, pl.corpus_domains(unseen)) if unseen else None)
     print("\n" + report)
     return 0
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The method comparison's GPU budget (issue "comparison") in one run of <= 9 minutes on one H100/H200, set-up
 # included: tools/experiment.py --budget gpu (five methods x 2 seeds, 150 pruning + 100 recovery steps at
-# 16 x 512 tokens, bf16, ZeRO stage auto), then the extreme-ratio pair (drpruning vs dress) if time is left.
+# 16 x 512 tokens, bf16, ZeRO stage auto), then the extreme-ratio pair (dress vs the direct one-shot cut) if time
+# is left. The final models are also scored on .cache/corpus_unseen (make corpus-unseen) when it is there.
 # Outputs are small: results.md / results.json and the per-run eval JSON, copied under $OUT; no weights.
 #
 #   OUT=/tmp/out bash tools/experiment_gpu.sh       # in the repository root on the GPU machine
 #
 # Needs the model and corpus `make model corpus` builds (.cache/models/smollm2-135m, .cache/corpus) on the GPU
 # machine, and DeepSpeed's wheel in wheels/ as for tools/gpu_check.sh. Not run yet: no GPU was lent to the
-# session that wrote it (docs/RESULTS.md).
+# sessions since it was written, and the workplace's device tool carries at most 64 MiB per call while the
+# model is 270 MB in bf16 (93 MB as the 4-bit GGUF it is converted from): getting it there takes several
+# calls into a machine kept warm between them (docs/RESULTS.md).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/experiment_gpu}
@@ -21,13 +24,16 @@ if ! $PY -c "import deepspeed" 2>/dev/null && ls "$WHEELS"/deepspeed-*.whl >/dev
   $PY -m pip install -q --no-index --no-deps "$WHEELS"/*.whl >"$OUT/pip.log" 2>&1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+UNSEEN=.cache/corpus_unseen
+[ -f "$UNSEEN/manifest.json" ] || UNSEEN=none  # no network there to build it
 start=$(date +%s)
-timeout "$LIMIT" $PY tools/experiment.py --budget gpu --run-dir runs/experiment_gpu >"$OUT/experiment.log" 2>&1
+timeout "$LIMIT" $PY tools/experiment.py --budget gpu --unseen-corpus "$UNSEEN" --run-dir runs/experiment_gpu \
+  >"$OUT/experiment.log" 2>&1
 echo "main comparison: exit $? after $(( $(date +%s) - start )) s" >>"$OUT/status.txt"
 left=$(( LIMIT - ($(date +%s) - start) ))
 if [ "$left" -gt 60 ]; then
-  timeout "$left" $PY tools/experiment.py --budget gpu --methods drpruning dress --target extreme \
-    --run-dir runs/experiment_gpu_extreme >"$OUT/extreme.log" 2>&1
+  timeout "$left" $PY tools/experiment.py --budget gpu --methods dress oneshot --target extreme \
+    --unseen-corpus "$UNSEEN" --run-dir runs/experiment_gpu_extreme >"$OUT/extreme.log" 2>&1
   echo "extreme ratio: exit $?" >>"$OUT/status.txt"
 fi
 for d in runs/experiment_gpu runs/experiment_gpu_extreme; do

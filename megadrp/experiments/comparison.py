@@ -2,7 +2,8 @@
 
 Per method, over its seeds: the mean held-out bits per byte of every domain, the average and the worst
 domain, each with the seed range (max - min); the gap of each domain to the source; the same for the cut
-models before recovery. The reading compares every pair of methods on the average and on the worst domain
+models before recovery; and, when the run scored them, the final models on domains no run trained on. The
+reading compares every pair of methods on the average and on the worst domain
 and calls a difference real only when it exceeds both methods' seed ranges (with two seeds the range is the
 only spread there is; "no difference" is the honest answer below it).
 """
@@ -68,22 +69,62 @@ def summarize(runs: dict, domains: list[str], which: str) -> dict:
     return out
 
 
+def compare(summary: dict, a: str, b: str, metric: str) -> tuple[int, str]:
+    """(-1 if A is better, 1 if B is, 0 if the difference is within the larger seed range; the verdict)."""
+    ma, mb = summary[a][metric], summary[b][metric]
+    diff = ma["mean"] - mb["mean"]
+    noise = max(ma["range"], mb["range"])
+    if abs(diff) <= noise:
+        return 0, f"{a} vs {b}: no difference ({diff:+.3f} bits/byte, within the seed range {noise:.3f})"
+    better, worse = (a, b) if diff < 0 else (b, a)
+    verdict = f"{better} better than {worse} by {abs(diff):.3f} bits/byte (seed range {noise:.3f})"
+    return (-1 if diff < 0 else 1), verdict
+
+
 def reading(summary: dict) -> list[str]:
     """One line per pair of methods and metric: which is better, or no difference within the seed range."""
-    lines, methods = [], list(summary)
-    for metric in METRICS:
-        for i, a in enumerate(methods):
-            for b in methods[i + 1:]:
-                ma, mb = summary[a][metric], summary[b][metric]
-                diff = ma["mean"] - mb["mean"]
-                noise = max(ma["range"], mb["range"])
-                if abs(diff) <= noise:
-                    lines.append(f"- {metric}: {a} vs {b}: no difference ({diff:+.3f} bits/byte, within the seed "
-                                 f"range {noise:.3f})")
-                else:
-                    better, worse = (a, b) if diff < 0 else (b, a)
-                    lines.append(f"- {metric}: {better} better than {worse} by {abs(diff):.3f} bits/byte (seed "
-                                 f"range {noise:.3f})")
+    methods = list(summary)
+    return [f"- {metric}: {compare(summary, a, b, metric)[1]}"
+            for metric in METRICS for i, a in enumerate(methods) for b in methods[i + 1:]]
+
+
+# (claim, the summary it is read from, metric, the method the paper says wins, the one it says loses)
+CLAIMS = (
+    ("DRPruning: a better worst domain than Sheared-LLaMA's rule", "final", "worst", "drpruning", "sheared"),
+    ("DRPruning: a better worst domain than uniform mixing", "final", "worst", "drpruning", "uniform"),
+    ("DRPruning: a better average than Sheared-LLaMA's rule", "final", "average", "drpruning", "sheared"),
+    ("DRPruning: a better average than uniform mixing", "final", "average", "drpruning", "uniform"),
+    ("DRPruning: more robust on domains no run trained on than Sheared-LLaMA's rule (average)", "unseen", "average",
+     "drpruning", "sheared"),
+    ("DRPruning: more robust on domains no run trained on than uniform mixing (average)", "unseen", "average",
+     "drpruning", "uniform"),
+    ("DRPruning: a better worst unseen domain than uniform mixing", "unseen", "worst", "drpruning", "uniform"),
+    ("DRPruning's DRO in recovery, same one-shot cut: a better worst domain than uniform mixing", "final", "worst",
+     "oneshot", "oneshot_uniform"),
+    ("DRPruning's DRO in recovery, same one-shot cut: a better worst domain than Sheared-LLaMA's rule", "final",
+     "worst", "oneshot", "oneshot_sheared"),
+    ("DRPruning's DRO in recovery, same one-shot cut: a better average than uniform mixing", "final", "average",
+     "oneshot", "oneshot_uniform"),
+    ("DRPruning's DRO in recovery, same one-shot cut: more robust on unseen domains than uniform mixing (average)",
+     "unseen", "average", "oneshot", "oneshot_uniform"),
+    ("DRPruning's DRO in recovery, same one-shot cut: more robust on unseen domains than Sheared-LLaMA's rule "
+     "(average)", "unseen", "average", "oneshot", "oneshot_sheared"),
+    ("DReSS: regularise-then-cut beats the direct cut (before recovery)", "cut", "average", "dress", "oneshot"),
+    ("DReSS: regularise-then-cut beats the direct cut (after the same recovery)", "final", "average", "dress",
+     "oneshot"),
+)
+
+
+def claims(summaries: dict) -> list[str]:
+    """The papers' claims that this run's methods can test, each read as supported, no difference or contrary."""
+    lines = []
+    for text, which, metric, winner, loser in CLAIMS:
+        summary = summaries.get(which, {})
+        if winner not in summary or loser not in summary:
+            continue
+        sign, verdict = compare(summary, winner, loser, metric)
+        word = {-1: "supported", 0: "not shown", 1: "contrary"}[sign]
+        lines.append(f"- {text}: **{word}** ({verdict})")
     return lines
 
 
@@ -113,24 +154,42 @@ def gap_table(summary: dict, domains: list[str], source: dict) -> str:
     return "\n".join(rows)
 
 
-def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], setup: str) -> str:
-    """RUN_DIR/results.md (tables and reading) and results.json (every number); returns the markdown."""
+def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], setup: str,
+                  unseen: tuple[dict, list[str]] | None = None) -> str:
+    """RUN_DIR/results.md (tables and reading) and results.json (every number); returns the markdown.
+
+    ``unseen``: (the source's result, the domains) of the corpus no run trained on, whose per-run results are
+    ``runs[method][seed]["unseen"]``."""
     final, cut = summarize(runs, domains, "final"), summarize(runs, domains, "cut")
     tokens = {m: {s: r["tokens"] for s, r in seeds.items()} for m, seeds in runs.items()}
-    md = "\n\n".join([
+    sections = [
         "Held-out bits per byte (lower is better), mean over seeds ± half the seed range.",
         "## After recovery\n\n" + table(final, domains, source),
         "## Gap to the source after recovery\n\n" + gap_table(final, domains, source),
         "## The cut models before recovery\n\n" + table(cut, domains, source),
-        "## Reading (after recovery)\n\n" + "\n".join(reading(final)),
-        "## Reading (before recovery)\n\n" + "\n".join(reading(cut)),
-        "## Training tokens per run\n\n" + "\n".join(f"- {m}: {t}" for m, t in tokens.items()),
-        setup,
-    ]) + "\n"
+    ]
+    summary = {"final": final, "cut": cut}
+    if unseen:
+        unseen_source, unseen_domains = unseen
+        summary["unseen"] = summarize(runs, unseen_domains, "unseen")
+        sections += [
+            "## Domains no run trained on (final models)\n\n" + table(summary["unseen"], unseen_domains, unseen_source),
+            "## Gap to the source on domains no run trained on\n\n" +
+            gap_table(summary["unseen"], unseen_domains, unseen_source)]
+    tested = claims(summary)
+    if tested:
+        sections.append("## The papers' claims (a difference within the seed range is not shown)\n\n" +
+                        "\n".join(tested))
+    sections += ["## Reading (after recovery)\n\n" + "\n".join(reading(final)),
+                 "## Reading (before recovery)\n\n" + "\n".join(reading(cut))]
+    if unseen:
+        sections.append("## Reading (domains no run trained on)\n\n" + "\n".join(reading(summary["unseen"])))
+    sections += ["## Training tokens per run\n\n" + "\n".join(f"- {m}: {t}" for m, t in tokens.items()), setup]
+    md = "\n\n".join(sections) + "\n"
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "results.md"), "w", encoding="utf-8") as fh:
         fh.write(md)
     with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump({"setup": setup, "source": source, "summary": {"final": final, "cut": cut}, "runs": runs}, fh,
-                  indent=1)
+        json.dump({"setup": setup, "source": source, "unseen_source": unseen[0] if unseen else None,
+                   "summary": summary, "runs": runs}, fh, indent=1)
     return md

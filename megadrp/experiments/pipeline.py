@@ -3,10 +3,13 @@
 Each stage runs the `megadrp` subcommand a user would run, in its own process (training needs its own
 launcher and process group anyway), and is skipped when its output is complete and newer than its input,
 so re-running a pipeline costs nothing for finished stages. A failed stage stops the pipeline with the
-command to look at; finished stages are kept.
+command to look at; finished stages are kept. A finished training or one-shot stage is reused only for the
+recipe that made it (the config file's content and the overrides, recorded beside it in OUTPUT.stage.json):
+asked for with another recipe, the pipeline stops and names both, rather than reuse or overwrite the work.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +88,17 @@ def tokenised_corpus(args, title: str) -> tuple[list[str], dict]:
     return domains, preprocess_corpus(args.corpus, args.model, args.bin_dir or default_bin_dir(args.model), domains)
 
 
+def built_corpus(sources: str, out: str, max_bytes: int = 200_000, heldout_bytes: int = 300_000) -> str:
+    """`tools/build_corpus.py` of a source list into OUT, unless its manifest is newer than the list (the
+    builder itself also skips an up-to-date corpus; this check keeps a finished one from needing apt)."""
+    if newer(os.path.join(out, "manifest.json"), sources):
+        print(f"cached: {out}")
+        return out
+    run([sys.executable, os.path.join(ROOT, "tools", "build_corpus.py"), "--sources", sources, "--output", out,
+         "--max-bytes", str(max_bytes), "--heldout-bytes", str(heldout_bytes)])
+    return out
+
+
 def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[str], workers: int = 2) -> dict:
     """Tokenise CORPUS/{train,heldout}/DOMAIN.jsonl into BIN_DIR/{train,heldout}_DOMAIN.bin/.idx."""
     prefixes = {}
@@ -100,25 +114,63 @@ def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[s
     return prefixes
 
 
+def recipe(mode: str, config: str, overrides: list[str]) -> dict:
+    """What makes a stage's result what it is: the mode, the config file's content and the overrides (not the
+    step count, which a rerun may raise to extend a run, nor the rank count, which resume may change)."""
+    with open(config, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    return {"mode": mode, "config_sha256": digest, "overrides": list(overrides)}
+
+
+def check_recipe(output: str, wanted: dict) -> None:
+    """Refuse to reuse or extend OUTPUT (a run folder, a cut model) under another recipe than the one recorded
+    beside it."""
+    path = os.path.normpath(output) + ".stage.json"
+    if not os.path.exists(path):
+        return  # nothing recorded (a new stage, or one from before the record): record_recipe writes it
+    with open(path, encoding="utf-8") as fh:
+        have = json.load(fh)
+    if have == wanted:
+        return
+    diff = [f"{k}: {have.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(have) | set(wanted))
+            if have.get(k) != wanted.get(k)]
+    raise StageFailed(f"{output} was made by another recipe than this run asks for ({'; '.join(diff)}). "
+                      f"Pass another --run-dir, or delete {output} and {path} to redo it.")
+
+
+def record_recipe(output: str, wanted: dict) -> None:
+    path = os.path.normpath(output) + ".stage.json"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(wanted, fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, overrides: list[str]) -> None:
     """`megadrp MODE` to max_steps, resuming a killed run; skipped when its final checkpoint exists."""
+    wanted = recipe(mode, config, overrides)
+    check_recipe(run_dir, wanted)
     newest = run_format.newest_complete(run_dir)
     done = int(newest.name.split("_")[1]) if newest else -1
     if done >= max_steps:
         print(f"cached: {run_dir} finished at step {done}")
-        return
-    run(megadrp(mode, "--config", config, "--nproc", str(nproc), "--resume", "auto", f"run_dir={run_dir}",
-                f"optim.max_steps={max_steps}", *overrides))
+    else:
+        run(megadrp(mode, "--config", config, "--nproc", str(nproc), "--resume", "auto", f"run_dir={run_dir}",
+                    f"optim.max_steps={max_steps}", *overrides))
+    record_recipe(run_dir, wanted)
 
 
 def oneshot(config: str, run_dir: str, overrides: list[str]) -> str:
-    """`megadrp oneshot` into RUN_DIR/pruned; skipped when that folder is complete and newer than the config."""
+    """`megadrp oneshot` into RUN_DIR/pruned; skipped when that folder is complete and made by this recipe."""
     out = os.path.join(run_dir, "pruned")
-    if newer(os.path.join(out, "oneshot_scores.json"), config):
+    wanted = recipe("oneshot", config, overrides)
+    check_recipe(out, wanted)
+    if os.path.exists(os.path.join(out, "oneshot_scores.json")):
         print(f"cached: {out}")
-        return out
-    run(megadrp("oneshot", "--config", config, f"run_dir={run_dir}", "--overwrite", *overrides),
-        env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})  # one process: every core
+    else:
+        run(megadrp("oneshot", "--config", config, f"run_dir={run_dir}", "--overwrite", *overrides),
+            env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})  # one process: every core
+    record_recipe(out, wanted)
     return out
 
 
@@ -144,9 +196,10 @@ def copy_folder(src: str, dst: str) -> str:
 
 
 def evaluate(models: dict[str, str], corpus: str | None, out_json: str, seq_length: int, max_windows: int,
-             device: str | None = None, texts: dict[str, str] | None = None) -> dict:
+             device: str | None = None, texts: dict[str, str] | None = None, card: bool = True) -> dict:
     """`megadrp eval` of labelled HF folders on the held-out split (or on whole text files: ``texts``, label ->
-    file); cached while newer than every model. Only the held-out table goes into the export's model card."""
+    file); cached while newer than every model. Only the held-out table of the training corpus goes into the
+    export's model card (``card``): a robustness corpus's table would replace it there."""
     stamps = [os.path.join(path, "config.json") for path in models.values()]
     if os.path.exists(out_json) and all(newer(out_json, s) for s in stamps):
         print(f"cached: {out_json}")
@@ -157,7 +210,8 @@ def evaluate(models: dict[str, str], corpus: str | None, out_json: str, seq_leng
                       "--markdown", os.path.splitext(out_json)[0] + ".md")
         if device:
             cmd += ["--device", device]
-        if corpus and any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values()):
+        exports = any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values())
+        if card and corpus and exports:
             cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
         # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
         run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
