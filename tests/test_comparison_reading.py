@@ -33,6 +33,11 @@ def test_a_difference_within_the_seed_range_is_no_difference():
     runs = _runs({"drpruning": [{"x": 2.0}, {"x": 2.1}], "sheared": [{"x": 2.4}, {"x": 2.5}]}, "final")
     sign, verdict = cmp.compare(cmp.summarize(runs, ["x"], "final"), "drpruning", "sheared", "worst")
     assert sign == -1 and verdict.startswith("drpruning better than sheared by 0.400")
+    assert "per seed drpruning - sheared: -0.400, -0.400 (2/2 lower)" in verdict  # same seeds: paired evidence
+    # lower on every seed, but by less than the seed range: still no difference (the evidence is shown)
+    runs = _runs({"dress": [{"x": 2.00}, {"x": 2.30}], "oneshot": [{"x": 2.05}, {"x": 2.35}]}, "final")
+    sign, verdict = cmp.compare(cmp.summarize(runs, ["x"], "final"), "dress", "oneshot", "average")
+    assert sign == 0 and "(2/2 lower)" in verdict
 
 
 def test_claims_read_each_table_in_the_papers_direction():

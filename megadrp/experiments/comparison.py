@@ -63,21 +63,31 @@ def summarize(runs: dict, domains: list[str], which: str) -> dict:
         rows = {}
         for key in (*domains, *METRICS):
             vals = [_value(r[which], key, key if key in domains else None) for r in seeds.values()]
-            rows[key] = {"mean": mean(vals), "range": max(vals) - min(vals), "values": vals}
+            rows[key] = {"mean": mean(vals), "range": max(vals) - min(vals), "values": vals, "seeds": list(seeds)}
         rows["worst_domains"] = [r[which]["worst"]["domain"] for r in seeds.values()]
         out[method] = rows
     return out
 
 
 def compare(summary: dict, a: str, b: str, metric: str) -> tuple[int, str]:
-    """(-1 if A is better, 1 if B is, 0 if the difference is within the larger seed range; the verdict)."""
+    """(-1 if A is better, 1 if B is, 0 if the difference is within the larger seed range; the verdict).
+
+    The verdict is the unpaired rule (the mean difference against the larger seed range). When both methods
+    ran the same seeds (the same data order and calibration draws), the per-seed differences are added as
+    evidence, not as the verdict: a method lower on every seed by less than the range is still "no difference".
+    """
     ma, mb = summary[a][metric], summary[b][metric]
     diff = ma["mean"] - mb["mean"]
     noise = max(ma["range"], mb["range"])
+    paired = ""
+    if ma.get("seeds") is not None and ma.get("seeds") == mb.get("seeds") and len(ma["values"]) >= 2:
+        d = [x - y for x, y in zip(ma["values"], mb["values"])]
+        paired = (f"; per seed {a} - {b}: {', '.join(f'{x:+.3f}' for x in d)} ({sum(x < 0 for x in d)}/{len(d)} "
+                  f"lower)")
     if abs(diff) <= noise:
-        return 0, f"{a} vs {b}: no difference ({diff:+.3f} bits/byte, within the seed range {noise:.3f})"
+        return 0, f"{a} vs {b}: no difference ({diff:+.3f} bits/byte, within the seed range {noise:.3f}{paired})"
     better, worse = (a, b) if diff < 0 else (b, a)
-    verdict = f"{better} better than {worse} by {abs(diff):.3f} bits/byte (seed range {noise:.3f})"
+    verdict = f"{better} better than {worse} by {abs(diff):.3f} bits/byte (seed range {noise:.3f}{paired})"
     return (-1 if diff < 0 else 1), verdict
 
 
