@@ -132,8 +132,15 @@ def check_recipe(output: str, wanted: dict) -> None:
         have = json.load(fh)
     if have == wanted:
         return
-    diff = [f"{k}: {have.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(have) | set(wanted))
-            if have.get(k) != wanted.get(k)]
+    diff = []
+    for k in sorted(set(have) | set(wanted)):
+        a, b = have.get(k), wanted.get(k)
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):  # the overrides: name only what changed
+            diff.append(f"{k}: made with {[x for x in a if x not in b]}, asked for {[x for x in b if x not in a]}")
+        else:
+            diff.append(f"{k}: {a!r} -> {b!r}")
     raise StageFailed(f"{output} was made by another recipe than this run asks for ({'; '.join(diff)}). "
                       f"Pass another --run-dir, or delete {output} and {path} to redo it.")
 
