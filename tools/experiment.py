@@ -110,8 +110,8 @@ def _apply_budget(args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    pl.add_common_args(p, run_dir="runs/experiment", config="configs/experiment_smollm2.yaml")
-    p.set_defaults(nproc=None, run_dir=None)
+    pl.add_common_args(p, run_dir=None, config="configs/experiment_smollm2.yaml")  # run_dir: per target
+    p.set_defaults(nproc=None)
     p.add_argument("--budget", choices=["none", *BUDGETS], default="none",
                    help="preset steps, seeds and set-up (explicit options override it)")
     p.add_argument("--methods", nargs="+", default=list(METHODS)[:5], choices=list(METHODS),

@@ -80,7 +80,7 @@ def compare(summary: dict, a: str, b: str, metric: str) -> tuple[int, str]:
     diff = ma["mean"] - mb["mean"]
     noise = max(ma["range"], mb["range"])
     paired = ""
-    if ma.get("seeds") is not None and ma.get("seeds") == mb.get("seeds") and len(ma["values"]) >= 2:
+    if ma["seeds"] == mb["seeds"] and len(ma["values"]) >= 2:
         d = [x - y for x, y in zip(ma["values"], mb["values"])]
         paired = (f"; per seed {a} - {b}: {', '.join(f'{x:+.3f}' for x in d)} ({sum(x < 0 for x in d)}/{len(d)} "
                   f"lower)")

@@ -88,14 +88,14 @@ def tokenised_corpus(args, title: str) -> tuple[list[str], dict]:
     return domains, preprocess_corpus(args.corpus, args.model, args.bin_dir or default_bin_dir(args.model), domains)
 
 
-def built_corpus(sources: str, out: str, max_bytes: int = 200_000, heldout_bytes: int = 300_000) -> str:
+def built_corpus(sources: str, out: str, max_bytes: int = 200_000) -> str:
     """`tools/build_corpus.py` of a source list into OUT, unless its manifest is newer than the list (the
     builder itself also skips an up-to-date corpus; this check keeps a finished one from needing apt)."""
     if newer(os.path.join(out, "manifest.json"), sources):
         print(f"cached: {out}")
         return out
     run([sys.executable, os.path.join(ROOT, "tools", "build_corpus.py"), "--sources", sources, "--output", out,
-         "--max-bytes", str(max_bytes), "--heldout-bytes", str(heldout_bytes)])
+         "--max-bytes", str(max_bytes)])  # the builder's default held-out size, as for the training corpus
     return out
 
 
@@ -217,8 +217,7 @@ def evaluate(models: dict[str, str], corpus: str | None, out_json: str, seq_leng
                       "--markdown", os.path.splitext(out_json)[0] + ".md")
         if device:
             cmd += ["--device", device]
-        exports = any(os.path.isfile(os.path.join(path, "megadrp_export.json")) for path in models.values())
-        if card and corpus and exports:
+        if card and corpus and any(os.path.isfile(os.path.join(p, "megadrp_export.json")) for p in models.values()):
             cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
         # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
         run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
