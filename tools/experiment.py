@@ -133,9 +133,9 @@ def main(argv=None) -> int:
     runs: dict = {}
     try:
         domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
+        unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
         source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
                              *ev)["models"]["source"]
-        unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
         if unseen:
             unseen_json = os.path.join(args.run_dir, "source_unseen.json")
             unseen_source = pl.evaluate({"source": args.model}, unseen, unseen_json, *ev,
