@@ -40,6 +40,15 @@ def test_a_difference_within_the_seed_range_is_no_difference():
     assert sign == 0 and "(2/2 lower)" in verdict
 
 
+def test_one_seed_gives_no_verdict():
+    # a run cut short by its time limit may hold one seed of a method: a range of 0 must not turn any
+    # difference into a finding
+    runs = _runs({"drpruning": [{"x": 2.0}], "uniform": [{"x": 2.5}, {"x": 2.6}]}, "final")
+    sign, verdict = cmp.compare(cmp.summarize(runs, ["x"], "final"), "drpruning", "uniform", "worst")
+    assert sign == 0
+    assert verdict == "drpruning vs uniform: -0.550 bits/byte on one seed, no seed range to judge it by: no verdict"
+
+
 def test_claims_read_each_table_in_the_papers_direction():
     # before recovery DReSS wins clearly; after recovery the direct cut wins; on unseen domains DRPruning
     # is within noise of uniform; claims whose methods did not run are left out

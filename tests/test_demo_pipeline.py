@@ -157,13 +157,17 @@ def test_experiment_compares_methods_over_seeds_before_and_after_recovery(worksp
     ws = workspace
     run_dir = ws["tmp"] / "runs" / "experiment"
     unseen_sources, unseen_corpus = _unseen_corpus(ws["tmp"])
-    out = _run(["tools/experiment.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
-                "--unseen-sources", str(unseen_sources), "--unseen-corpus", str(unseen_corpus),
-                "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "exp.yaml", 4)),
-                "--methods", "uniform", "oneshot", "--seeds", "1", "2", "--steps", "4", "--cpt-steps", "2",
-                "--distill-alpha", "0.5", "--nproc", "2", "--eval-windows", "2", "--eval-seq-length", "32",
-                "pruning.target={hidden_size: 48, num_attention_heads: 2, num_key_value_heads: 1, "
-                "intermediate_size: 64, num_hidden_layers: 3}", "dress.calibration_batches=2"])
+    argv = ["tools/experiment.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
+            "--unseen-sources", str(unseen_sources), "--unseen-corpus", str(unseen_corpus),
+            "--run-dir", str(run_dir), "--config", str(_config(ws["tmp"] / "exp.yaml", 4)),
+            "--methods", "uniform", "oneshot", "--seeds", "1", "2", "--steps", "4", "--cpt-steps", "2",
+            "--distill-alpha", "0.5", "--nproc", "2", "--eval-windows", "2", "--eval-seq-length", "32",
+            "pruning.target={hidden_size: 48, num_attention_heads: 2, num_key_value_heads: 1, "
+            "intermediate_size: 64, num_hidden_layers: 3}", "dress.calibration_batches=2"]
+    out = _run(argv)
+    # the source twice (held-out, unseen), then every run's cut and final models in one process, and every final
+    # model on the unseen corpus in one more: not one process per model
+    assert out.count("-m megadrp eval") == 4, out
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["runs"]) == {"uniform", "oneshot"}
     for method in ("uniform", "oneshot"):
@@ -194,3 +198,13 @@ def test_experiment_compares_methods_over_seeds_before_and_after_recovery(worksp
                  "## Reading (domains no run trained on)", "| model | verse | average | worst |"):
         assert part in table, part
     assert "## Reading" in out
+    assert "Wall seconds per run" in table and results["status"] == "complete"
+
+    # Re-run under a time limit already spent: the first run (cached) is the only one started; the rest are named
+    # as not run, and the one-seed table gives no verdict. The seed-major order put uniform seed 1 first.
+    _run(argv + ["--time-limit", "1"])
+    partial = json.loads((run_dir / "results.json").read_text())
+    assert {m: list(s) for m, s in partial["runs"].items()} == {"uniform": ["1"]}
+    assert partial["runs"]["uniform"]["1"]["final"] == results["runs"]["uniform"]["1"]["final"]
+    assert partial["status"].startswith("**Partial: 1 of 4 runs.** stopped by --time-limit 1 s before oneshot seed 1")
+    assert "not run: oneshot seed 1, uniform seed 2, oneshot seed 2." in (run_dir / "results.md").read_text()

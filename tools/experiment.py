@@ -56,7 +56,7 @@ TARGETS = {
 BUDGETS = {
     "cpu": {"steps": 12, "cpt_steps": 24, "seeds": [1, 2], "nproc": 2, "distill_alpha": 0.0, "overrides": []},
     "gpu": {"steps": 150, "cpt_steps": 100, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.5, "device": "cuda",
-            "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
+            "time_limit": 480, "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
                           "data.seq_length=512", "optim.micro_batch_size=16", "logging.wandb_mode=disabled"]},
 }
 
@@ -97,10 +97,11 @@ def run_method(name: str, seed: int, args, prefixes: dict, domains: list[str]) -
 def _apply_budget(args) -> None:
     """Fill every option the user left unset from the budget's preset."""
     preset = BUDGETS.get(args.budget, {})
-    for key in ("steps", "cpt_steps", "seeds", "nproc", "distill_alpha", "device"):
+    defaults = {"steps": 40, "cpt_steps": 0, "seeds": [1], "nproc": 2, "distill_alpha": 0.0, "device": None,
+                "time_limit": None}
+    for key, default in defaults.items():
         if getattr(args, key) is None:
-            setattr(args, key, preset.get(key, {"steps": 40, "cpt_steps": 0, "seeds": [1], "nproc": 2,
-                                                "distill_alpha": 0.0, "device": None}[key]))
+            setattr(args, key, preset.get(key, default))
     args.overrides = [*preset.get("overrides", []), *args.overrides]
     args.target_shape = TARGETS[args.target]
     if args.run_dir is None:  # each target its own folder: a finished stage is never asked for another shape
@@ -126,44 +127,84 @@ def main(argv=None) -> int:
                    help="corpus of domains no run trains on, scored for robustness ('none': skip)")
     p.add_argument("--unseen-sources", default="configs/unseen_sources.yaml",
                    help="source list the unseen corpus is built from when it is missing")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds: start no run that would not finish, with its evaluation, inside it; the "
+                        "runs done by then are evaluated and reported (a partial results.md says so)")
     args = p.parse_args(argv)
     _apply_budget(args)
     t0 = time.time()
     ev = (args.eval_seq_length, args.eval_windows, args.device)
-    runs: dict = {}
+    plan = [(name, seed) for seed in args.seeds for name in args.methods]  # seed-major: a cut-off run has
+    done: list[tuple[str, int, str, str]] = []                               # every method at the first seed
+    stopped = None
     try:
         domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
         unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
+        t_eval = time.time()
         source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
                              *ev)["models"]["source"]
+        t_eval = time.time() - t_eval
         if unseen:
             unseen_json = os.path.join(args.run_dir, "source_unseen.json")
             unseen_source = pl.evaluate({"source": args.model}, unseen, unseen_json, *ev,
                                         card=False)["models"]["source"]
-        for name in args.methods:
-            for seed in args.seeds:
-                pruned, final = run_method(name, seed, args, prefixes, domains)
-                base = os.path.join(args.run_dir, name, f"seed{seed}")
-                before = pl.evaluate({name: pruned}, args.corpus, os.path.join(base, "eval_cut.json"), *ev)
-                after = pl.evaluate({name: final}, args.corpus, os.path.join(base, "eval.json"), *ev)
-                runs.setdefault(name, {})[seed] = {
-                    "cut": before["models"][name], "final": after["models"][name],
-                    "weights": cmp.weights_over_time(base), "tokens": cmp.tokens_seen(base)}
-                if unseen:
-                    runs[name][seed]["unseen"] = pl.evaluate({name: final}, unseen,
-                                                             os.path.join(base, "eval_unseen.json"), *ev,
-                                                             card=False)["models"][name]
+        run_seconds: list[float] = []
+        for name, seed in plan:
+            if args.time_limit and run_seconds:
+                # the mean run so far, plus scoring every model at the source's measured cost (conservative:
+                # that includes a process start, which the batched scoring pays once per corpus)
+                need = sum(run_seconds) / len(run_seconds) + max(t_eval, 5.0) * (len(done) + 1) * (3 if unseen else 2)
+                if time.time() - t0 + need > args.time_limit:
+                    stopped = (f"stopped by --time-limit {args.time_limit:.0f} s before {name} seed {seed} "
+                               f"(a run takes ~{need:.0f} s with its scoring, {time.time() - t0:.0f} s were spent)")
+                    break
+            started = time.time()
+            try:
+                done.append((name, seed, *run_method(name, seed, args, prefixes, domains)))
+            except pl.StageFailed as err:
+                print(f"experiment: {err}", file=sys.stderr)
+                stopped = f"stopped: {name} seed {seed} failed ({str(err).splitlines()[0]})"
+                break
+            run_seconds.append(time.time() - started)
+        if not done:
+            return 1
+        runs = score(done, args, unseen, ev)
+        for (name, seed, _, _), seconds in zip(done, run_seconds):
+            runs[name][seed]["seconds"] = round(seconds, 1)  # training and export stages (0 when cached)
     except pl.StageFailed as err:
         print(f"experiment: {err}", file=sys.stderr)
         return 1
+    missing = [f"{n} seed {s}" for n, s in plan[len(done):]]
+    status = (f"**Partial: {len(done)} of {len(plan)} runs.** {stopped}; not run: {', '.join(missing)}."
+              if missing else None)
     setup = (f"budget={args.budget} methods={' '.join(args.methods)} target={args.target} {args.target_shape} "
              f"seeds={args.seeds} steps={args.steps} cpt_steps={args.cpt_steps} distill_alpha={args.distill_alpha} "
              f"nproc={args.nproc} config={args.config} overrides={' '.join(args.overrides) or '-'}; eval: "
              f"{args.eval_windows} windows x {args.eval_seq_length} tokens per domain; {time.time() - t0:.0f} s")
     report = cmp.write_results(args.run_dir, source, runs, domains, setup,
-                               unseen=(unseen_source, pl.corpus_domains(unseen)) if unseen else None)
+                               unseen=(unseen_source, pl.corpus_domains(unseen)) if unseen else None, status=status)
     print("\n" + report)
-    return 0
+    return 1 if stopped and not stopped.startswith("stopped by --time-limit") else 0
+
+
+def score(done: list[tuple[str, int, str, str]], args, unseen: str | None, ev: tuple) -> dict:
+    """Every finished run's cut and final model on the held-out split, and the final one on the unseen corpus:
+    one `megadrp eval` process per corpus. ``{method: {seed: {cut, final, unseen?, weights, tokens}}}``."""
+    pl.banner(f"score {len(done)} runs")
+    bases = [os.path.join(args.run_dir, name, f"seed{seed}") for name, seed, _, _ in done]
+    jobs = [(os.path.join(base, "eval_cut.json"), name, pruned) for base, (name, _, pruned, _) in zip(bases, done)]
+    jobs += [(os.path.join(base, "eval.json"), name, final) for base, (name, _, _, final) in zip(bases, done)]
+    scored = pl.evaluate_each(jobs, args.corpus, *ev)
+    if unseen:
+        unseen_scored = pl.evaluate_each([(os.path.join(base, "eval_unseen.json"), name, final)
+                                          for base, (name, _, _, final) in zip(bases, done)], unseen, *ev, card=False)
+    runs: dict = {}
+    for i, (base, (name, seed, _, _)) in enumerate(zip(bases, done)):
+        runs.setdefault(name, {})[seed] = {"cut": scored[i], "final": scored[len(done) + i],
+                                           "weights": cmp.weights_over_time(base), "tokens": cmp.tokens_seen(base)}
+        if unseen:
+            runs[name][seed]["unseen"] = unseen_scored[i]
+    return runs
 
 
 if __name__ == "__main__":

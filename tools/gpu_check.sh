@@ -12,30 +12,30 @@
 #   STEPS=4 bash tools/gpu_check.sh               # fewer timed steps
 #   QUICK=1 bash tools/gpu_check.sh               # smoke run of the script itself on CPU (tiny shapes)
 #
-# DeepSpeed is not installed on the GPU machine (docs/ENVIRONMENT.md): build its wheel and its small pure-Python
-# dependencies here first and carry the folder along, e.g.
-#   python -m pip wheel --no-deps -w wheels deepspeed==0.19.8 hjson py-cpuinfo ninja msgpack einops
-# (wheels/ is git-ignored: name it in the device tool's `carry`). Without it the DeepSpeed rows are skipped.
+# On the workplace's device machine, tools/device_session.sh brings DeepSpeed (not in the GPU image), the model
+# and the data, and calls this; without DeepSpeed the DeepSpeed rows are skipped. DEADLINE (epoch seconds) cuts
+# every row's time limit to what is left, and skips the rows that no longer fit.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/bench/gpu}
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-6}
-WHEELS=${WHEELS:-wheels}
+DEADLINE=${DEADLINE:-$(( $(date +%s) + 900 ))}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 : > "$OUT/failed.txt"
 
-if ! $PY -c "import deepspeed" 2>/dev/null && ls "$WHEELS"/deepspeed-*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps "$WHEELS"/*.whl >"$OUT/pip.log" 2>&1 || echo "pip install failed" >>"$OUT/failed.txt"
-fi
 HAVE_DS=0
 $PY -c "import deepspeed" 2>/dev/null && HAVE_DS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 
 row() {  # row NAME TIMEOUT_S COMMAND...: run one measurement, keep its log, record a failure and go on
-  local name=$1 limit=$2
+  local name=$1 limit=$2 left=$(( DEADLINE - $(date +%s) - 10 ))
   shift 2
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "== $name: skipped, $left s left before DEADLINE"; echo "$name (no time)" >>"$OUT/failed.txt"; return
+  fi
   echo "== $name: $*"
   if ! timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
     echo "$name" >>"$OUT/failed.txt"
@@ -80,7 +80,7 @@ import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-summary = {"failed": [l for l in (out / "failed.txt").read_text().split() if l]}
+summary = {"failed": [l.strip() for l in (out / "failed.txt").read_text().splitlines() if l.strip()]}
 for path in sorted(out.glob("*.json")):
     if path.name == "gpu_summary.json":
         continue

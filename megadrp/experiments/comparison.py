@@ -78,6 +78,8 @@ def compare(summary: dict, a: str, b: str, metric: str) -> tuple[int, str]:
     """
     ma, mb = summary[a][metric], summary[b][metric]
     diff = ma["mean"] - mb["mean"]
+    if min(len(ma["values"]), len(mb["values"])) < 2:  # one seed has no range: any difference would "count"
+        return 0, f"{a} vs {b}: {diff:+.3f} bits/byte on one seed, no seed range to judge it by: no verdict"
     noise = max(ma["range"], mb["range"])
     paired = ""
     if ma["seeds"] == mb["seeds"] and len(ma["values"]) >= 2:
@@ -165,14 +167,15 @@ def gap_table(summary: dict, domains: list[str], source: dict) -> str:
 
 
 def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], setup: str,
-                  unseen: tuple[dict, list[str]] | None = None) -> str:
+                  unseen: tuple[dict, list[str]] | None = None, status: str | None = None) -> str:
     """RUN_DIR/results.md (tables and reading) and results.json (every number); returns the markdown.
 
     ``unseen``: (the source's result, the domains) of the corpus no run trained on, whose per-run results are
-    ``runs[method][seed]["unseen"]``."""
+    ``runs[method][seed]["unseen"]``. ``status``: a first line saying the run is partial, and why."""
     final, cut = summarize(runs, domains, "final"), summarize(runs, domains, "cut")
     tokens = {m: {s: r["tokens"] for s, r in seeds.items()} for m, seeds in runs.items()}
     sections = [
+        *([status] if status else []),
         "Held-out bits per byte (lower is better), mean over seeds ± half the seed range.",
         "## After recovery\n\n" + table(final, domains, source),
         "## Gap to the source after recovery\n\n" + gap_table(final, domains, source),
@@ -194,12 +197,18 @@ def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], se
                  "## Reading (before recovery)\n\n" + "\n".join(reading(cut))]
     if unseen:
         sections.append("## Reading (domains no run trained on)\n\n" + "\n".join(reading(summary["unseen"])))
-    sections += ["## Training tokens per run\n\n" + "\n".join(f"- {m}: {t}" for m, t in tokens.items()), setup]
+    seconds = {m: {s: r["seconds"] for s, r in seeds.items() if "seconds" in r} for m, seeds in runs.items()}
+    sections.append("## Training tokens per run\n\n" + "\n".join(f"- {m}: {t}" for m, t in tokens.items()))
+    if any(seconds.values()):
+        sections.append("## Wall seconds per run (training and export; 0 when cached)\n\n" +
+                        "\n".join(f"- {m}: {t}" for m, t in seconds.items() if t))
+    sections.append(setup)
     md = "\n\n".join(sections) + "\n"
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "results.md"), "w", encoding="utf-8") as fh:
         fh.write(md)
     with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump({"setup": setup, "source": source, "unseen_source": unseen[0] if unseen else None,
+        json.dump({"setup": setup, "status": status or "complete", "source": source,
+                   "unseen_source": unseen[0] if unseen else None,
                    "summary": summary, "runs": runs}, fh, indent=1)
     return md

@@ -146,10 +146,13 @@ def check_recipe(output: str, wanted: dict) -> None:
 
 
 def record_recipe(output: str, wanted: dict) -> None:
-    path = os.path.normpath(output) + ".stage.json"
+    _write_atomic(os.path.normpath(output) + ".stage.json", json.dumps(wanted, indent=1))
+
+
+def _write_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(wanted, fh, indent=1)
+        fh.write(text)
     os.replace(path + ".tmp", path)
 
 
@@ -202,24 +205,71 @@ def copy_folder(src: str, dst: str) -> str:
     return dst
 
 
+def _eval_command(models: dict[str, str], source: list[str], out_json: str, seq_length: int, max_windows: int,
+                  device: str | None) -> list[str]:
+    cmd = megadrp("eval", "--model", *[f"{k}={v}" for k, v in models.items()], *source,
+                  "--seq-length", str(seq_length), "--max-windows", str(max_windows), "--output", out_json,
+                  "--markdown", os.path.splitext(out_json)[0] + ".md")
+    return cmd + (["--device", device] if device else [])
+
+
+def _is_export(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "megadrp_export.json"))
+
+
+def _fresh(out_json: str, model: str) -> bool:
+    return newer(out_json, os.path.join(model, "config.json"))
+
+
+# One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
+_ALL_CORES = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+
+
 def evaluate(models: dict[str, str], corpus: str | None, out_json: str, seq_length: int, max_windows: int,
              device: str | None = None, texts: dict[str, str] | None = None, card: bool = True) -> dict:
     """`megadrp eval` of labelled HF folders on the held-out split (or on whole text files: ``texts``, label ->
     file); cached while newer than every model. Only the held-out table of the training corpus goes into the
     export's model card (``card``): a robustness corpus's table would replace it there."""
-    stamps = [os.path.join(path, "config.json") for path in models.values()]
-    if os.path.exists(out_json) and all(newer(out_json, s) for s in stamps):
+    if all(_fresh(out_json, path) for path in models.values()):
         print(f"cached: {out_json}")
     else:
         source = ["--corpus", corpus] if corpus else ["--text", *[f"{k}={v}" for k, v in texts.items()]]
-        cmd = megadrp("eval", "--model", *[f"{k}={v}" for k, v in models.items()], *source,
-                      "--seq-length", str(seq_length), "--max-windows", str(max_windows), "--output", out_json,
-                      "--markdown", os.path.splitext(out_json)[0] + ".md")
-        if device:
-            cmd += ["--device", device]
-        if card and corpus and any(os.path.isfile(os.path.join(p, "megadrp_export.json")) for p in models.values()):
+        cmd = _eval_command(models, source, out_json, seq_length, max_windows, device)
+        if card and corpus and any(_is_export(p) for p in models.values()):
             cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
-        # One process: let it use every core (make exports OMP_NUM_THREADS=1 for the multi-rank stages).
-        run(cmd, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+        run(cmd, env=_ALL_CORES)
     with open(out_json, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def evaluate_each(jobs: list[tuple[str, str, str]], corpus: str, seq_length: int, max_windows: int,
+                  device: str | None = None, card: bool = True) -> list[dict]:
+    """Each job (OUT_JSON, LABEL, MODEL_DIR) scored on the corpus's held-out split into its own OUT_JSON (and
+    .md), as `evaluate` of that one model would, but every stale job in one `megadrp eval` process: on a GPU a
+    process start costs about what scoring one small model does. Returns each job's result, in order."""
+    stale = [(i, job) for i, job in enumerate(jobs) if not _fresh(job[0], job[2])]
+    if stale:
+        from megadrp.eval_results import markdown_report
+        from megadrp.export.card import update_card_evaluation
+
+        batch = os.path.join(os.path.dirname(stale[0][1][0]) or ".", f".evaluate_each_{os.getpid()}.json")
+        run(_eval_command({f"job{i}": model for i, (_, _, model) in stale}, ["--corpus", corpus], batch,
+                          seq_length, max_windows, device), env=_ALL_CORES)
+        with open(batch, encoding="utf-8") as fh:
+            results = json.load(fh)["models"]
+        for i, (out_json, label, model) in stale:
+            mine = {label: results[f"job{i}"]}
+            _write_atomic(os.path.splitext(out_json)[0] + ".md", markdown_report(mine))
+            _write_atomic(out_json, json.dumps({"models": mine}, indent=2) + "\n")  # last: it is the stamp
+            if card and _is_export(model):
+                update_card_evaluation(model, {"models": mine})
+        for path in (batch, os.path.splitext(batch)[0] + ".md"):
+            os.remove(path)
+    else:
+        print(f"cached: {len(jobs)} evaluations on {corpus}")
+    out = []
+    for out_json, label, _ in jobs:
+        with open(out_json, encoding="utf-8") as fh:
+            out.append(json.load(fh)["models"][label])
+    return out
+

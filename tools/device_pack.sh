@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Pack what a GPU session needs on the workplace's device machine into .devcarry/ (git-ignored), in two parts
+# that each fit the device tool's 64 MiB per call together with the working tree:
+#   part1: the first 60 MB of the SmolLM2-135M GGUF (98 MB: too large for one call)
+#   part2: the rest of it, its sha256, the wheels the GPU image lacks (DeepSpeed and what it needs that is not
+#          there, gguf), and the tokenised corpus + held-out text + unseen-domain corpus (xz)
+# The device machine has no network: tools/device_session.sh unpacks these there, converts the model with
+# tools/convert_smollm2.py as `make model` does here, and runs the GPU checks (docs/BENCHMARKS.md, "GPU session").
+#
+#   make model corpus corpus-unseen && bash tools/device_pack.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+D=.devcarry
+MODEL_BINS=.cache/bin/smollm2-135m
+LIMIT=$((64 * 1024 * 1024))
+SPLIT=60000000
+for need in .cache/corpus/manifest.json .cache/corpus_unseen/manifest.json "$MODEL_BINS/heldout_code.idx"; do
+  [ -e "$need" ] || { echo "device_pack: $need is missing: run make model corpus corpus-unseen first" >&2; exit 2; }
+done
+GGUF=$($PY -c "import sys; sys.path.insert(0, 'tools'); import convert_smollm2 as c
+print(c.find_gguf_folder(install=False) / c.GGUF_NAME)")
+rm -rf "$D"
+mkdir -p "$D/part1" "$D/part2/wheels"
+head -c $SPLIT "$GGUF" >"$D/part1/model.gguf.0"
+tail -c +$((SPLIT + 1)) "$GGUF" >"$D/part2/model.gguf.1"
+sha256sum <"$GGUF" | cut -d' ' -f1 >"$D/part2/model.gguf.sha256"
+basename "$GGUF" >"$D/part2/model.gguf.name"
+
+# The GPU image (docs/ENVIRONMENT.md; the device tool's package list) has torch, transformers, safetensors,
+# tokenizers, numpy, pyyaml, msgpack, ninja, einops, psutil, py-cpuinfo and tqdm, but not these. Same versions as
+# here; DeepSpeed ships only a source archive, so its wheel is built here (pure Python: no ops are prebuilt).
+version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
+PKGS=(hjson pydantic pydantic_core annotated-types typing-inspection typing_extensions gguf)
+PINS=()
+for p in "${PKGS[@]}"; do PINS+=("$p==$(version "$p")"); done
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$D/part2/wheels" "${PINS[@]}"
+$PY -m pip wheel -q --no-deps -w "$D/part2/wheels" "deepspeed==$(version deepspeed)"
+
+tar -cJf "$D/part2/data.tar.xz" .cache/corpus/manifest.json .cache/corpus/heldout "$MODEL_BINS" \
+  .cache/corpus_unseen/manifest.json .cache/corpus_unseen/heldout
+
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+status=0
+for part in part1 part2; do
+  size=$(du -sb "$D/$part" | cut -f1)
+  total=$((size + tree))
+  printf '%s: %d MiB (+ working tree %d MiB) = %d of %d MiB\n' "$part" $((size >> 20)) $((tree >> 20)) \
+    $((total >> 20)) $((LIMIT >> 20))
+  [ $total -le $LIMIT ] || { echo "device_pack: $part is over the device tool's limit" >&2; status=1; }
+done
+ls -l "$D/part2/wheels"
+exit $status
