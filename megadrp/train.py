@@ -77,6 +77,10 @@ def run(argv: list[str], mode: str | None = None) -> int:
         from megadrp.distill import make_distiller, resolve_teacher
 
         plan.teacher = resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
+        from megadrp.distill.source_reference import measure as measure_reference
+        from megadrp.distill.source_reference import resolve_reference_model
+
+        plan.reference = resolve_reference_model(cfg, plan.shape, plan.tokenizer_path, plan.teacher)
         from megadrp.plan.report import startup_check
 
         # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
@@ -97,7 +101,7 @@ def run(argv: list[str], mode: str | None = None) -> int:
     try:
         lock = _lock_run_dir(cfg, args.overwrite)
         code = Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
-                       distiller=make_distiller).setup().train()
+                       distiller=make_distiller, reference=measure_reference).setup().train()
         # Only after a clean finish (a rank that raised must not wait here for peers that never come): every
         # rank leaves together, so none tears its gloo/NCCL connections down while a peer still uses them.
         dist.barrier()

@@ -94,7 +94,9 @@ def run_method(name: str, seed: int, args, prefixes: dict, domains: list[str]) -
         cpt = os.path.join(base, "cpt")
         distill = ([f"distill.alpha={args.distill_alpha}", f"distill.teacher={args.model}"]
                    if args.distill_alpha > 0 else ["distill.alpha=0"])
-        pl.train("cpt", args.config, cpt, args.cpt_steps, args.nproc, [f"model.path={pruned}", *common, *distill])
+        # l_ref from the source, as in the first phase (the cut model's own loss would leave Sheared's rule inert)
+        pl.train("cpt", args.config, cpt, args.cpt_steps, args.nproc,
+                 [f"model.path={pruned}", f"dro.reference_model={args.model}", *common, *distill])
         pl.export(cpt, final)
     else:
         pl.copy_folder(pruned, final)

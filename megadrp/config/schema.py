@@ -134,6 +134,9 @@ class DroConfig:
     temperature: float = opt(0.3, "Exponent of temperature sampling when initial_ratio = 'temperature'.")
     reference_losses: list = opt(None, "Per-domain reference losses; empty measures the source model's loss at start.",
                                  factory=list)
+    reference_model: str = opt("", "HF folder whose held-out loss per domain is the initial reference when "
+                               "reference_losses is empty: the source. Empty: model.path in prune/dress mode, the "
+                               "frozen distillation teacher in cpt mode (else the cut model itself, with a warning).")
     family_params: list = opt(None, "Parameter counts of >= 3 models of the source's family, for initial "
                               "reference losses fitted over sizes (megadrp/dro/family_reference.py).", factory=list)
     family_losses: list = opt(None, "Per model of family_params, one held-out loss per domain (data.domains order).",

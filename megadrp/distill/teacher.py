@@ -36,20 +36,18 @@ class TeacherSpec:
     family: Optional[object] = None
 
 
-def _fingerprint(tokenizer: str, what: str, path: str) -> str:
+def _fingerprint(tokenizer: str, what: str, path: str, field: str) -> str:
     from megadrp.data.tokenizer import TokenizerError, load_tokenizer
 
     try:
         return load_tokenizer(tokenizer).fingerprint
     except TokenizerError as err:
-        raise ConfigError("distill.teacher", path, f"the {what} tokenizer cannot be loaded to compare the two "
+        raise ConfigError(field, path, f"the {what} tokenizer cannot be loaded to compare the two "
                           f"vocabularies ({err})") from err
 
 
 def resolve_teacher(cfg, student_shape, student_tokenizer: str) -> Optional[TeacherSpec]:
     """Pre-flight: the teacher of this run, or None when distillation is off (``distill.alpha`` = 0)."""
-    from megadrp.model import read_shape
-
     d = cfg.distill
     if not d.enabled:
         return None
@@ -60,20 +58,27 @@ def resolve_teacher(cfg, student_shape, student_tokenizer: str) -> Optional[Teac
         if cfg.mode != "dress":
             raise ConfigError("distill.teacher", path, f"{cfg.mode} mode needs the teacher's Hugging Face folder")
         path = cfg.model.path
+    return frozen_model_spec(path, "distill.teacher", cfg, student_shape, student_tokenizer)
+
+
+def frozen_model_spec(path: str, field: str, cfg, student_shape, student_tokenizer: str) -> TeacherSpec:
+    """A frozen model beside the student (the KD teacher, or the model DRO's reference losses are measured on):
+    checked to be a HF folder with the student's vocabulary and tokenizer, long enough for the data."""
+    from megadrp.model import read_shape
+
     if not Path(path, "config.json").is_file():
-        raise ConfigError("distill.teacher", path, "is not a Hugging Face model folder (no config.json there); "
-                          "give the teacher's folder, e.g. the unpruned source model")
+        raise ConfigError(field, path, "is not a Hugging Face model folder (no config.json there); "
+                          "give the model's folder, e.g. the unpruned source model")
     shape, family = read_shape(path, "auto")
     if shape.vocab_size != student_shape.vocab_size:
-        raise ConfigError("distill.teacher", path, f"has a vocabulary of {shape.vocab_size} logits, the student "
-                          f"({cfg.model.path}) has {student_shape.vocab_size}: KD needs the same vocabulary")
+        raise ConfigError(field, path, f"has a vocabulary of {shape.vocab_size} logits, the student "
+                          f"({cfg.model.path}) has {student_shape.vocab_size}: it must score the same tokens")
     if cfg.data.seq_length > shape.max_position_embeddings:
-        raise ConfigError("data.seq_length", cfg.data.seq_length, f"exceeds the teacher's max_position_embeddings "
-                          f"({shape.max_position_embeddings}, {path})")
-    if _fingerprint(path, "teacher's", path) != _fingerprint(student_tokenizer, "student's", path):
-        raise ConfigError("distill.teacher", path, f"has a different tokenizer from the student's "
-                          f"({student_tokenizer}): the same ids would be different tokens; distil from a model "
-                          f"with the student's tokenizer")
+        raise ConfigError("data.seq_length", cfg.data.seq_length, f"exceeds the max_position_embeddings "
+                          f"({shape.max_position_embeddings}) of {field} ({path})")
+    if _fingerprint(path, "other model's", path, field) != _fingerprint(student_tokenizer, "student's", path, field):
+        raise ConfigError(field, path, f"has a different tokenizer from the student's ({student_tokenizer}): the "
+                          f"same ids would be different tokens; use a model with the student's tokenizer")
     return TeacherSpec("frozen", path, shape, family)
 
 

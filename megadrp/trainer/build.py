@@ -37,6 +37,7 @@ class Plan:
     target_shape: Optional[object] = None
     zero_reason: str = ""  # why the ZeRO stage was chosen ('' when the JSON pins it)
     teacher: Optional[object] = None  # megadrp.distill.TeacherSpec (set by train.py); None: distillation off
+    reference: Optional[object] = None  # TeacherSpec of the model DRO's l_ref is measured on; None: the starting one
 
 
 def preflight(cfg, world_size: Optional[int] = None) -> Plan:

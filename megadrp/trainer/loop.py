@@ -37,12 +37,13 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, plan: Plan, mode, resume: str = "none", distiller=None):
+    def __init__(self, cfg, plan: Plan, mode, resume: str = "none", distiller=None, reference=None):
         """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``);
         ``distiller``: None, or a callable(trainer) -> KD hook or None, called once the engine exists
-        (``megadrp.distill.make_distiller``)."""
+        (``megadrp.distill.make_distiller``); ``reference``: None (the starting model), or a callable(trainer)
+        -> (held-out loss per domain, what model) for DRO's initial l_ref (``megadrp.distill.source_reference``)."""
         self.cfg, self.plan, self.mode, self.resume_spec = cfg, plan, mode, resume
-        self._make_distiller = distiller
+        self._make_distiller, self._measure_reference = distiller, reference
         self.shape, self.family = plan.shape, plan.family
         self.device = dist.device()
         self.group = dist.DataParallelGroup()  # every collective of the loop and the mode runs over it
@@ -119,19 +120,21 @@ class Trainer:
                  f"{record['median_rms']:.2f}): {record['protected_hidden']}")
 
     def _measure_reference_losses(self) -> None:
-        """DRPruning's initial l_ref when none is configured: the starting model's own (unmasked) held-out
-        loss per domain. Without it each domain's first training observation would serve, a single noisy
-        micro-batch that, under small batches, can pin a domain's weight low for the whole run."""
-        losses = self.heldout.run(self.engine, None, self.device)["eval_loss"]
+        """DRPruning's initial l_ref when none is configured: the source's held-out loss per domain
+        (``reference``, handed in by train.py). Without it each domain's first training observation would serve, a
+        single noisy micro-batch that, under small batches, can pin a domain's weight low for the whole run."""
+        if self._measure_reference:
+            losses, model = self._measure_reference(self)
+        else:  # (megadrp/distill/source_reference.py: what train.py hands in, the source in cpt mode too)
+            losses, model = self.heldout.run(self.engine, None, self.device)["eval_loss"], "starting model"
         domains = list(self.cfg.data.domains)
         missing = [d for d in domains if d not in losses]
         if missing:
             _log(f"no held-out windows for {missing}: DRO references start from the first training losses")
             return
         self.reweighter.set_reference_losses([losses[d] for d in domains])
-        self.metrics.write({"kind": "reference", "step": 0, "reference_loss": losses})
-        _log("DRO reference losses (held-out, starting model): " +
-             " ".join(f"{d}={losses[d]:.3f}" for d in domains))
+        self.metrics.write({"kind": "reference", "step": 0, "reference_loss": losses, "reference_model": model})
+        _log(f"DRO reference losses (held-out, {model}): " + " ".join(f"{d}={losses[d]:.3f}" for d in domains))
 
     def _restore(self, path) -> str:
         state = checkpoint.read_state(path)
