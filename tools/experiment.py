@@ -20,9 +20,10 @@ the papers' claims read from them and every pairwise reading (a difference small
 reported as none), and results.json, every number and each run's domain weights over time.
 
 Runs go seed-major (every method at the first seed, then the next), and every finished run's models are scored
-at the end in one `megadrp eval` process per corpus. With `--time-limit` (the GPU budget's 480 s), a run that
-would not fit with its scoring is not started; a failed stage stops the runs too. Either way the finished runs
-are scored and reported, results.md opening with what was left out (a method on one seed gets no verdict).
+at the end in one `megadrp eval` process per corpus. Under `--time-limit` (the budgets': 5400 s on CPU, 480 s
+on GPU) a run that would not fit with its scoring is not started; a failed stage stops the runs too. Either way
+the finished runs are scored and reported, results.md opening with what was left out (a method on one seed gets
+no verdict).
 
     python tools/experiment.py --budget cpu          # make experiment: <= 90 min on 2 CPU cores
     python tools/experiment.py --budget gpu          # tools/experiment_gpu.sh: <= 9 min on one H100/H200
@@ -61,7 +62,8 @@ TARGETS = {
 # steps are a guess (never run on a GPU): at the 15k tokens/s once measured under ZeRO-3 on an H100 a run of
 # 100 + 60 steps trains for ~90 s; the first GPU run's "Wall seconds per run" should resize them.
 BUDGETS = {
-    "cpu": {"steps": 12, "cpt_steps": 24, "seeds": [1, 2], "nproc": 2, "distill_alpha": 0.0, "overrides": []},
+    "cpu": {"steps": 12, "cpt_steps": 24, "seeds": [1, 2], "nproc": 2, "distill_alpha": 0.0, "time_limit": 5400,
+            "overrides": []},
     "gpu": {"steps": 100, "cpt_steps": 60, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.5, "device": "cuda",
             "time_limit": 480, "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
                           "data.seq_length=512", "optim.micro_batch_size=16", "logging.wandb_mode=disabled"]},
