@@ -38,11 +38,13 @@ def resolve_reference_model(cfg, student_shape, student_tokenizer: str,
     return frozen_model_spec(path, "dro.reference_model", cfg, student_shape, student_tokenizer)
 
 
-def measure(trainer) -> tuple[dict, str]:
-    """Held-out loss per domain of the reference model ({domain: nats per token}) and what that model was."""
+def measure(trainer) -> tuple[Optional[dict], str]:
+    """Held-out loss per domain of the reference model ({domain: nats per token}) and what that model was; None
+    for the losses when it is the starting model, which the trainer scores itself."""
     spec = trainer.plan.reference
     if spec is None:
-        return starting_model_losses(trainer)
+        return None, "starting model" + (", no source given: set dro.reference_model to the source"
+                                         if trainer.cfg.mode == "cpt" else "")
     teacher = getattr(trainer.distill, "teacher", None)
     shared = isinstance(teacher, FrozenTeacher) and teacher.path == spec.path
     model = teacher if shared else FrozenTeacher(spec, trainer.plan, trainer.cfg.model, trainer.device)
@@ -54,10 +56,3 @@ def measure(trainer) -> tuple[dict, str]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return losses, spec.path + (" (the distillation teacher)" if shared else "")
-
-
-def starting_model_losses(trainer) -> tuple[dict, str]:
-    """The run's own starting model, unmasked: the source in prune and dress mode."""
-    label = "starting model" + (", no source given: set dro.reference_model to the source"
-                                if trainer.cfg.mode == "cpt" else "")
-    return trainer.heldout.run(trainer.engine, None, trainer.device)["eval_loss"], label

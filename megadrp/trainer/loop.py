@@ -123,10 +123,9 @@ class Trainer:
         """DRPruning's initial l_ref when none is configured: the source's held-out loss per domain
         (``reference``, handed in by train.py). Without it each domain's first training observation would serve, a
         single noisy micro-batch that, under small batches, can pin a domain's weight low for the whole run."""
-        if self._measure_reference:
-            losses, model = self._measure_reference(self)
-        else:  # (megadrp/distill/source_reference.py: what train.py hands in, the source in cpt mode too)
-            losses, model = self.heldout.run(self.engine, None, self.device)["eval_loss"], "starting model"
+        losses, model = self._measure_reference(self) if self._measure_reference else (None, "starting model")
+        if losses is None:  # the starting model itself, unmasked (the source in prune and dress mode)
+            losses = self.heldout.run(self.engine, None, self.device)["eval_loss"]
         domains = list(self.cfg.data.domains)
         missing = [d for d in domains if d not in losses]
         if missing:
