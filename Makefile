@@ -2,7 +2,8 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-PIP     := $(VPY) -m pip install -q -c constraints-cpu.txt
+LOCK    := requirements-lock.txt
+LOCK_VENV := $(CACHE)/lock-venv
 STAMP   := $(VENV)/.megadrp-setup
 CACHE   := .cache
 MODEL   := $(CACHE)/models/smollm2-135m
@@ -13,17 +14,31 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(CACHE)/torch_extensions
 
-.PHONY: setup test test-slow demo lint bench corpus corpus-unseen model experiment clean
+.PHONY: setup lock test test-slow demo lint bench corpus corpus-unseen model experiment clean
 
 setup: $(STAMP)
-$(STAMP): setup.py constraints-cpu.txt
-	@echo "[setup] virtual environment in $(VENV) (CPU torch 2.13.0, pinned by constraints-cpu.txt)"
+$(STAMP): setup.py $(LOCK)
+	@echo "[setup] virtual environment in $(VENV): exactly the tested packages of $(LOCK)"
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
-	@$(PIP) --upgrade pip >/dev/null
-	@$(PIP) torch==2.13.0
-	@$(PIP) -e '.[dev,demo,eval]'
+	@$(VPY) -m pip install -q -r $(LOCK)
+	@$(VPY) -m pip install -q --no-deps -e .
+	@$(VPY) -m pip check
 	@touch $@
 	@echo "[setup] done"
+
+# Deliberate upgrade: a fresh venv with the newest versions setup.py's ranges allow (torch stays at the CPU build
+# on disk), the test suite on it, and only if it passes, the new lock. Review `git diff $(LOCK)` and commit.
+lock:
+	rm -rf $(LOCK_VENV) && $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install -q torch==$$(sed -n 's/^torch==//p' $(LOCK))
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev,demo,eval]'
+	head -3 $(LOCK) > $(LOCK).candidate
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//' >> $(LOCK).candidate
+	diff $(LOCK) $(LOCK).candidate || true
+	$(LOCK_VENV)/bin/python -m pytest -q -m "not slow and not gpu" tests
+	mv $(LOCK).candidate $(LOCK)
+	@echo "[lock] $(LOCK) updated from the newest allowed versions; the suite passed on them. Run make setup."
 
 test: setup
 	$(VPY) -m pytest -q -m "not slow and not gpu" tests

@@ -7,4 +7,19 @@ DeepSpeed ZeRO-3 step loop), ``methods`` (prune, cpt, dress: the loop's modes), 
 directory on disk), ``export`` (dense HF export), ``eval`` (per-domain evaluation, reports), ``eval_results``
 (their tables); ``experiments`` (corpus builder, pipelines) is fenced off from the core.
 """
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+
+def _drop_own_folder_from_sys_path() -> None:
+    """Our subpackages (kernels, config, data, model, ...) must never be importable as *top-level* modules: when
+    megadrp/ itself is on sys.path (Python started inside it, or a script of it run directly), ``kernels`` would
+    hide the PyPI package transformers imports. Only this exact folder is removed; megadrp/train.py does the same
+    before its first import, since a launcher runs it as a script."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != here]
+
+
+_drop_own_folder_from_sys_path()
