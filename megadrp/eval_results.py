@@ -1,6 +1,10 @@
 """Markdown tables of evaluation results: one row per domain (+ average, worst), one column per model."""
 from __future__ import annotations
 
+import json
+
+from megadrp.data.corpus_manifest import identity_line
+
 METRICS = {"bits_per_byte": ("bits/byte", "{:.4f}"), "loss": ("loss (nats/token)", "{:.4f}"),
            "perplexity": ("perplexity", "{:.2f}")}
 
@@ -34,9 +38,16 @@ def markdown_table(results: dict[str, dict], metric: str = "bits_per_byte") -> s
 def protocol_line(results: dict[str, dict]) -> str:
     """The held-out protocol of ``{label: result}`` in one sentence (docs/EVALUATION.md)."""
     p = next(iter(results.values()), {}).get("protocol", {})
-    return (f"Protocol (docs/EVALUATION.md): windows of {p.get('seq_length')} tokens, at most "
+    line = (f"Protocol (docs/EVALUATION.md): windows of {p.get('seq_length')} tokens, at most "
             f"{p.get('max_windows') or 'all'} per domain, documents joined by EOS; bits per byte over the exact "
-            "UTF-8 bytes of the predicted tokens.\n")
+            "UTF-8 bytes of the predicted tokens.")
+    corpora = {json.dumps(r["corpus"], sort_keys=True) for r in results.values() if r.get("corpus")}
+    if len(corpora) > 1:  # columns measured on different corpora: the table would compare them silently
+        line += (" **WARNING: these columns were measured on different corpora "
+                 f"({', '.join(sorted(str(r.get('corpus')) for r in results.values()))}); they are not comparable.**")
+    elif corpora:
+        line += " " + identity_line(json.loads(corpora.pop()))
+    return line + "\n"
 
 
 def markdown_report(results: dict[str, dict], tasks: dict | None = None) -> str:

@@ -8,7 +8,7 @@
 # The device machine has no network: tools/device_session.sh unpacks these there, converts the model with
 # tools/convert_smollm2.py as `make model` does here, and runs the GPU checks (docs/BENCHMARKS.md, "GPU session").
 #
-#   make model corpus corpus-unseen && bash tools/device_pack.sh
+#   bash tools/device_pack.sh          (builds the model, the corpora and their bins first when missing)
 #   PY_VERSION=3.11 bash tools/device_pack.sh    # wheels for another Python (a rehearsal here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +19,21 @@ MODEL=.cache/models/smollm2-135m
 MODEL_BINS=.cache/bin/smollm2-135m
 LIMIT=$((64 * 1024 * 1024))
 SPLIT=60000000
-for need in "$MODEL/model.safetensors" .cache/corpus/manifest.json .cache/corpus_unseen/manifest.json "$MODEL_BINS/heldout_code.idx"; do
-  [ -e "$need" ] || { echo "device_pack: $need is missing: run make model corpus corpus-unseen first" >&2; exit 2; }
+# Build what the pack needs (each step is cached: a no-op when done): the model, both corpora, and the corpus
+# tokenised with the model's tokenizer, as the demo and the experiment would have left it.
+make -s model corpus corpus-unseen
+DOMAINS=$($PY -c "from megadrp.data.corpus_manifest import manifest_domains; print(' '.join(manifest_domains('.cache/corpus')))")
+for split in train heldout; do
+  missing=0
+  for d in $DOMAINS; do [ -e "$MODEL_BINS/${split}_$d.idx" ] || missing=1; done
+  if [ $missing = 1 ]; then
+    inputs=(); for d in $DOMAINS; do inputs+=(".cache/corpus/$split/$d.jsonl"); done
+    $PY -m megadrp preprocess --input "${inputs[@]}" --output-prefix "$MODEL_BINS/$split" --tokenizer "$MODEL" \
+      --append-eod --per-domain --workers 2 --no-progress
+  fi
+done
+for need in "$MODEL/model.safetensors" .cache/corpus/manifest.json .cache/corpus_unseen/manifest.json; do
+  [ -e "$need" ] || { echo "device_pack: $need is missing after make model corpus corpus-unseen" >&2; exit 2; }
 done
 GGUF=$($PY -c "import sys; sys.path.insert(0, 'tools'); import convert_smollm2 as c
 print(c.find_gguf_folder(install=False) / c.GGUF_NAME)")

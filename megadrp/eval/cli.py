@@ -7,7 +7,7 @@ adds (or, without ``--corpus``, gives) lm-eval-harness results,
 from lm-eval's registered tasks and local task folders (``--include-path``). ``--update-card`` writes the
 results into the model card of every evaluated ``megadrp export`` folder (docs/EXPORT.md).
 Output JSON: ``{"models": {label: {path, shape, num_params, domains?, average?, worst?, skipped?, protocol?,
-tasks?}}}``.
+corpus?, tasks?}}}`` (``corpus``: the identity of the corpus scored, megadrp.data.corpus_manifest).
 """
 from __future__ import annotations
 
@@ -138,6 +138,7 @@ def _text_files(specs: list[str]) -> dict[str, list[str]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megadrp.data.corpus_manifest import corpus_identity
     from megadrp.eval.windows import load_heldout
     from megadrp.eval_results import markdown_report
 
@@ -155,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         texts = load_heldout(args.corpus, args.domains, args.max_bytes) if args.corpus else _text_files(args.text)
         results = evaluate_cli_models(models, texts, args, tasks)
+        if args.corpus:  # every result names the corpus it was measured on (megadrp.data.corpus_manifest)
+            identity = corpus_identity(args.corpus)
+            for res in results.values():
+                if "domains" in res:
+                    res["corpus"] = identity
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         print(f"megadrp eval: {err}", file=sys.stderr)
         return 2

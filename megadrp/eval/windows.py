@@ -16,22 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megadrp.data.corpus_manifest import manifest_domains
+
 
 def available_domains(corpus_dir) -> list[str]:
     """Domain names that have a held-out file, sorted."""
     heldout = Path(corpus_dir) / "heldout"
     return sorted(p.stem for p in heldout.glob("*.jsonl"))
-
-
-def _manifest_domains(corpus_dir) -> list[str]:
-    """The domains CORPUS/manifest.json lists (tools/build_corpus.py writes it), or [] without one."""
-    path = Path(corpus_dir) / "manifest.json"
-    if not path.is_file():
-        return []
-    try:
-        return list(json.loads(path.read_text(encoding="utf-8")).get("domains") or [])
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{path} is not a valid corpus manifest ({err})") from None
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:
@@ -85,7 +76,7 @@ def load_heldout(corpus_dir, domains=None, max_bytes: int | None = None) -> dict
                                 "as written by tools/build_corpus.py)")
     present = available_domains(corpus_dir)
     if domains is None:
-        listed = _manifest_domains(corpus_dir)
+        listed = manifest_domains(corpus_dir)
         lost = [d for d in listed if d not in present]
         if lost:  # an average over the rest would read as the corpus's
             raise FileNotFoundError(f"{Path(corpus_dir) / 'manifest.json'} lists domain(s) {lost}, but {heldout} "

@@ -25,8 +25,18 @@ import sys
 import time
 from pathlib import Path
 
+from megadrp.data.corpus_manifest import content_sha256
 from megadrp.experiments.corpus_fetch import fetch_debian, fetch_pypi
 from megadrp.experiments.corpus_formats import FORMAT_FUNCTIONS, man_renderer
+from megadrp.experiments.corpus_lock import (
+    comparability_message,
+    content_deviations,
+    debian_pins,
+    lock_path,
+    read_lock,
+    version_deviations,
+    write_lock,
+)
 from megadrp.experiments.corpus_sources import SourceSpec, load_sources
 
 log = logging.getLogger("megadrp.corpus")
@@ -49,9 +59,9 @@ def _files(root: Path, spec: SourceSpec) -> list[Path]:
     return sorted(found)
 
 
-def _roots(spec: SourceSpec, cache: Path, versions: dict) -> list[Path]:
+def _roots(spec: SourceSpec, cache: Path, versions: dict, pins: dict[str, str]) -> list[Path]:
     if spec.debian:
-        got = fetch_debian(list(spec.debian), cache)
+        got = fetch_debian(list(spec.debian), cache, pins)
         versions.update({f"debian:{k}": v for k, (_, v) in got.items()})
         return [root for root, _ in got.values()]
     if spec.pypi:
@@ -64,11 +74,15 @@ def _roots(spec: SourceSpec, cache: Path, versions: dict) -> list[Path]:
     return [root]
 
 
-def extract_source(spec: SourceSpec, cache: Path, versions: dict) -> list[str]:
-    """Documents of one source, from its cache file when present."""
+def extract_source(spec: SourceSpec, cache: Path, versions: dict, pins: dict[str, str] | None = None) -> list[str]:
+    """Documents of one source, from its cache file when present (keyed by the source AND its package versions)."""
     renderer = man_renderer() if spec.format == "man" else ""
-    cached = cache / "documents" / f"{spec.domain}-{spec.key()}{'-' + renderer if renderer else ''}.jsonl"
-    roots = _roots(spec, cache, versions)  # also records versions when the documents come from the cache
+    mine: dict[str, str] = {}
+    roots = _roots(spec, cache, mine, pins or {})
+    versions.update(mine)
+    stamp = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:8] if mine else ""
+    cached = cache / "documents" / (f"{spec.domain}-{spec.key()}{'-' + renderer if renderer else ''}"
+                                    f"{'-' + stamp if stamp else ''}.jsonl")
     if cached.exists() and not spec.path:
         with open(cached, encoding="utf-8") as f:
             return [json.loads(line)["text"] for line in f]
@@ -140,8 +154,12 @@ def _write_jsonl(path: Path, docs: list[str]) -> dict:
 
 
 def build_corpus(output: Path, sources_file: Path, cache: Path, max_bytes: int, heldout_bytes: int,
-                 max_document_bytes: int, domains: list[str] | None = None, force: bool = False) -> dict:
+                 max_document_bytes: int, domains: list[str] | None = None, force: bool = False,
+                 update_lock: bool = False) -> dict:
+    """Build (or find up to date) the corpus in ``output``; see the module docstring and corpus_lock.py."""
     sources = load_sources(sources_file)
+    lock = None if update_lock else read_lock(sources_file)
+    pins = debian_pins(lock)
     if domains:
         unknown = set(domains) - set(sources)
         if unknown:
@@ -157,6 +175,7 @@ def build_corpus(output: Path, sources_file: Path, cache: Path, max_bytes: int, 
         files_ok = all((output / split / f"{d}.jsonl").exists() for d in sources for split in ("train", "heldout"))
         if old.get("recipe_sha256") == recipe_hash and files_ok:
             log.info("corpus in %s is up to date (same sources and sizes)", output)
+            _report_against_lock(sources_file, lock, old)
             return old
     versions: dict[str, str] = {}
     manifest = {"format": "megadrp-corpus", "version": 1, "recipe_sha256": recipe_hash, **recipe,
@@ -165,7 +184,7 @@ def build_corpus(output: Path, sources_file: Path, cache: Path, max_bytes: int, 
         t0 = time.perf_counter()
         docs = []
         for spec in specs:
-            docs.extend(extract_source(spec, cache, versions))
+            docs.extend(extract_source(spec, cache, versions, pins))
         train, heldout, available = split_domain(docs, heldout_bytes, max_bytes, max_document_bytes)
         entry = {"sources": [s.origin for s in specs], "available_bytes": available,
                  "train": _write_jsonl(output / "train" / f"{domain}.jsonl", train),
@@ -175,10 +194,30 @@ def build_corpus(output: Path, sources_file: Path, cache: Path, max_bytes: int, 
                  domain, entry["train"]["bytes"] / 1e6, entry["train"]["documents"], entry["heldout"]["bytes"] / 1e3,
                  entry["heldout"]["documents"], available / 1e6, time.perf_counter() - t0)
     manifest["packages"] = dict(sorted(versions.items()))
+    manifest["content_sha256"] = content_sha256(manifest["domains"])
+    manifest["version_deviations"] = version_deviations(lock, manifest["packages"])
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, manifest_path)  # written last: its presence means the corpus is complete
+    if update_lock:
+        log.info("recorded this corpus (content sha256 %s) in %s", manifest["content_sha256"][:16],
+                 write_lock(sources_file, manifest))
+    _report_against_lock(sources_file, lock, manifest)
     return manifest
+
+
+def _report_against_lock(sources_file: Path, lock: dict | None, manifest: dict) -> None:
+    """Say loudly when the corpus is not the recorded one, and what that does to comparability."""
+    if lock is None:
+        return
+    deviations = version_deviations(lock, manifest.get("packages", {}))
+    differing = content_deviations(lock, manifest)
+    if deviations or differing:
+        log.warning("WARNING: %s", comparability_message(lock_path(sources_file), deviations, differing,
+                                                          manifest["content_sha256"], lock["content_sha256"]))
+    else:
+        log.info("the corpus is the recorded one (%s): content sha256 %s", lock_path(sources_file).name,
+                 manifest["content_sha256"][:16])
 
 
 def main(argv=None) -> int:
@@ -192,12 +231,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-document-bytes", type=int, default=16_000, help="longer documents are cut at paragraphs")
     p.add_argument("--domains", nargs="+", help="build only these domains of the source list")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest is up to date")
+    p.add_argument("--update-lock", action="store_true",
+                   help="build from the newest package versions and record them and the result as SOURCES.lock.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[corpus] %(message)s")
     t0 = time.perf_counter()
     try:
         build_corpus(args.output, args.sources, args.cache, args.max_bytes, args.heldout_bytes,
-                     args.max_document_bytes, args.domains, args.force)
+                     args.max_document_bytes, args.domains, args.force, args.update_lock)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"build_corpus: {err}", file=sys.stderr)
         return 2
