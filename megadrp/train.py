@@ -10,7 +10,9 @@ target vs source, data and tokenizer, the memory plan: megadrp/plan/; where the 
 earlier run's checkpoints, a resume's config and domains against its checkpoint's) -- all before any process
 group or model exists -- then the run_dir lock (global rank 0), then train.
 Exit codes: 0 done, 2 configuration / input / run_dir error (nothing trained), 3 training diverged
-(NaN/inf loss), 4 a checkpoint could not be written (the message says why; the previous one is intact).
+(NaN/inf loss), 4 a checkpoint could not be written (the message says why; the previous one is intact),
+75 stopped by SIGTERM/SIGUSR1 after checkpointing the last finished step (megadrp/trainer/stop_signal.py:
+requeue the job, it continues with --resume auto).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def _parser(prog: str, with_launch: bool) -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="weights-only start: a checkpoint folder or HF folder")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run_dir that holds an earlier run's checkpoints (deletes them)")
+    p.add_argument("--take-over-lock", action="store_true",
+                   help="take over the run_dir lock of a run known to be dead (its node is gone); the holder is named")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although model, target, batch arithmetic, seed or DRO method differ from "
                         "the checkpoint")
@@ -98,20 +102,28 @@ def run(argv: list[str], mode: str | None = None) -> int:
             print(f"{prefix}: {err}", file=sys.stderr)
         return 2
     from megadrp.methods import get_mode
-    from megadrp.trainer import Trainer, TrainingDiverged, dist
+    from megadrp.trainer import Trainer, TrainingDiverged, dist, stop_signal
     from megadrp.trainer.write_guard import CheckpointWriteError
 
+    stop_signal.install()  # from here on SIGTERM/SIGUSR1 stop at the next step boundary, with a checkpoint
     dist.ensure_single_process_env()
     dist.init_distributed()
     lock = None
     try:
-        lock = _lock_run_dir(cfg, args.overwrite)
+        lock = _lock_run_dir(cfg, args.overwrite, args.take_over_lock)
         code = Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
                        distiller=make_distiller, reference=measure_reference).setup().train()
         # Only after a clean finish (a rank that raised must not wait here for peers that never come): every
         # rank leaves together, so none tears its gloo/NCCL connections down while a peer still uses them.
         dist.barrier()
         return code
+    except stop_signal.RunInterrupted as err:
+        if lock is not None:  # released before any rank exits: srun --kill-on-bad-exit ends the job at the first
+            lock.release()
+        if dist.is_main():
+            print(f"{prefix}: {err}", file=sys.stderr, flush=True)
+        dist.barrier()
+        return stop_signal.EXIT_REQUEUE
     except TrainingDiverged as err:
         if dist.is_main():
             print(f"{prefix}: training diverged: {err}", file=sys.stderr, flush=True)
@@ -147,7 +159,7 @@ def _is_start_error(err: BaseException) -> bool:
     return isinstance(err, (RunFormatError, RunLockError))
 
 
-def _lock_run_dir(cfg, overwrite: bool):
+def _lock_run_dir(cfg, overwrite: bool, take_over: bool = False):
     """Global rank 0 takes the run_dir lock (and, with --overwrite, clears the earlier run); every rank learns
     the outcome, so a refused job stops on all ranks at once."""
     from megadrp.trainer import dist
@@ -157,7 +169,8 @@ def _lock_run_dir(cfg, overwrite: bool):
     lock, failure = None, None
     if dist.is_main():
         try:
-            lock = RunLock(cfg.run_dir, note=lambda msg: print(f"[megadrp] {msg}", flush=True)).acquire()
+            lock = RunLock(cfg.run_dir, note=lambda msg: print(f"[megadrp] {msg}", flush=True),
+                           take_over=take_over).acquire()
             if overwrite and cfg.checkpoint.resume in (None, "", "none"):
                 wipe_for_overwrite(cfg.run_dir)
         except RunLockError as err:

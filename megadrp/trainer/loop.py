@@ -17,7 +17,7 @@ import torch
 
 from megadrp.config import save_config, to_dict
 from megadrp.kernels.cross_entropy import token_cross_entropy
-from megadrp.trainer import checkpoint, dist, elastic, faults
+from megadrp.trainer import checkpoint, dist, elastic, faults, stop_signal
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer import precision as precision_mod
@@ -51,6 +51,7 @@ class Trainer:
         self.tokens_seen = 0
         self.last_checkpoint = None
         self._last_eval_step = None
+        self._saved_step = None  # the step of the newest checkpoint this process wrote or resumed from
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -147,7 +148,7 @@ class Trainer:
         rngs = state.get("rng") or []
         if rngs:
             checkpoint.set_rng_state(rngs[dist.rank()] if dist.rank() < len(rngs) else rngs[0])
-        self.last_checkpoint = path
+        self.last_checkpoint, self._saved_step = path, self.step
         if self.cfg.deepspeed.precision == "auto" and state.get("autocast", self.precision.autocast) != \
                 self.precision.autocast:  # the probe may differ under other load: compute as the original run did
             self.precision = precision_mod.RunPrecision(self.precision.storage, state["autocast"],
@@ -237,6 +238,7 @@ class Trainer:
         window_tokens, window_time = 0, 0.0
         try:
             while self.step < cfg.optim.max_steps:
+                self._stop_if_signalled()
                 step = self.step + 1
                 t0 = time.perf_counter()
                 out = self.train_step(step)  # ends in host syncs (loss values), so the time is the step's
@@ -257,6 +259,16 @@ class Trainer:
         finally:
             self.wandb.finish()
         return 0
+
+    def _stop_if_signalled(self) -> None:
+        """At a step boundary: if any rank got SIGTERM/SIGUSR1 (trainer/stop_signal.py), checkpoint the finished
+        step (unless it is saved already) and stop with RunInterrupted, which train.py turns into exit 75."""
+        signum = stop_signal.requested_on_any_rank(self.group)
+        if signum is None:
+            return
+        if self.step > 0 and self._saved_step != self.step:
+            self.save()
+        raise stop_signal.RunInterrupted(signum, self.step, self.last_checkpoint)
 
     def _log_step(self, step: int, out: dict, tokens_per_s: float) -> None:
         rec = {"kind": "train", "step": step, "loss": out["loss"], "lm_loss": out["lm_loss"],
@@ -291,6 +303,7 @@ class Trainer:
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)
+        self._saved_step = self.step
         _log(f"checkpoint {self.last_checkpoint}")
 
 
