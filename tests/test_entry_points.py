@@ -39,9 +39,7 @@ def _shadowed(stdout: str) -> dict[str, str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    return env
+    return dict(os.environ)  # PYTHONPATH kept: it names which checkout's megadrp is under test (a worktree's)
 
 
 def test_subpackage_names_exist():
