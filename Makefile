@@ -47,7 +47,7 @@ test-slow: setup model corpus
 	$(VPY) -m pytest -q -m "slow and not gpu" tests
 
 lint: setup
-	$(VENV)/bin/ruff check megadrp tools tests
+	$(VENV)/bin/ruff check megadrp experiments tools tests
 
 model: setup $(MODEL)/config.json
 $(MODEL)/config.json:
@@ -55,12 +55,12 @@ $(MODEL)/config.json:
 
 corpus: setup $(CORPUS)/manifest.json
 $(CORPUS)/manifest.json:
-	$(VPY) tools/build_corpus.py --output $(CORPUS)
+	$(VPY) -m experiments.corpus_build --output $(CORPUS)
 
 # Domains no recipe trains on (configs/unseen_sources.yaml): the comparison's robustness check.
 corpus-unseen: setup $(UNSEEN)/manifest.json
 $(UNSEEN)/manifest.json: configs/unseen_sources.yaml
-	$(VPY) tools/build_corpus.py --sources configs/unseen_sources.yaml --output $(UNSEEN) --max-bytes 200000
+	$(VPY) -m experiments.corpus_build --sources configs/unseen_sources.yaml --output $(UNSEEN) --max-bytes 200000
 
 demo: setup model corpus
 	$(VPY) tools/demo.py --model $(MODEL) --corpus $(CORPUS) --run-dir runs/demo

@@ -8,9 +8,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["megadrp", "megadrp.*"]),
+    # the repository's top-level ds_configs/ ships as megadrp/ds_configs/ (recipes name ds_configs/NAME.json from any
+    # directory: megadrp.config.deepspeed_check looks in both places)
+    packages=find_packages(include=["megadrp", "megadrp.*"]) + ["megadrp.ds_configs"],
+    package_dir={"megadrp.ds_configs": "ds_configs"},
     include_package_data=True,
-    package_data={"megadrp": ["ds_configs/*.json"]},  # recipes name ds_configs/NAME.json; resolved in the package
+    package_data={"megadrp.ds_configs": ["*.json"]},
     install_requires=[
         "torch>=2.4,<3",
         "deepspeed>=0.19,<0.20",

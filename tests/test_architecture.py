@@ -125,3 +125,15 @@ def test_no_computed_imports_outside_the_cli_and_lazy_package_loaders():
             if module != "megadrp.cli" and not lazy_loader:
                 offenders.append(f"{module}:{line} (in {func})")
     assert not offenders, f"computed imports hide dependencies from readers and from this test: {offenders}"
+
+
+def test_the_package_imports_nothing_outside_it():
+    """experiments/, tools/ and tests/ live outside the installed package (the wheel ships only megadrp): they may
+    import megadrp, never the other way round."""
+    outside = []
+    for module, tree in MODULES.items():
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            outside += [f"{module}: {n}" for n in names if n.split(".")[0] in ("experiments", "tests", "tools")]
+    assert not outside, f"the installed package imports code it does not ship: {outside}"

@@ -10,13 +10,13 @@ import json
 
 import numpy as np
 import pytest
-from test_data_support import build_tiny_tokenizer
-from test_eval_fixtures import write_corpus
-from tiny_models import make_tiny_hf_model
 
 from megadrp.data import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter
 from megadrp.data import preprocess as pre
 from megadrp.data.readers import InputError
+from tests.helpers.model_folders import write_corpus
+from tests.helpers.text_data import build_tiny_tokenizer
+from tests.helpers.tiny_models import make_tiny_hf_model
 
 
 @pytest.fixture(scope="module")

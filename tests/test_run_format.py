@@ -80,3 +80,29 @@ def test_manifest_names_changed_truncated_and_missing_files(tmp_path):
     assert any("a.pt does not match its checksum" in p for p in problems)
     assert any("b.pt has 50 bytes, 100 were written" in p for p in problems)
     assert any("t.json is missing" in p for p in problems)
+
+
+def test_resolve_latest_pointer(tmp_path):
+    from megadrp.trainer import checkpoint
+
+    notes = []
+    assert checkpoint.resolve("auto", tmp_path) is None  # nothing yet: a fresh start
+    ck = tmp_path / "checkpoints" / "step_4"
+    ck.mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("step_4\n")
+    assert checkpoint.resolve("auto", tmp_path, note=notes.append) is None  # a torn step_4 only: nothing to resume
+    with pytest.raises(ValueError, match="not a complete megadrp checkpoint"):
+        checkpoint.resolve(str(ck), tmp_path)
+    (ck.parent / "step_2").mkdir()
+    (ck.parent / "step_2" / checkpoint.STATE_FILE).write_text("{}")
+    # `latest` names a torn folder: the newest complete one, said so (never a silent fresh start).
+    assert checkpoint.resolve("auto", tmp_path, note=notes.append) == ck.parent / "step_2"
+    assert "step_4, which is not complete" in notes[-1] and "step_2" in notes[-1]
+    (ck / checkpoint.STATE_FILE).write_text("{}")
+    assert checkpoint.resolve("auto", tmp_path) == ck
+    assert checkpoint.resolve(str(tmp_path), "elsewhere") == ck
+    assert checkpoint.resolve("none", tmp_path) is None
+    # `latest` deleted: the newest complete step_N, not a fresh start over the run.
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert checkpoint.resolve("auto", tmp_path, note=notes.append) == ck
+    assert "latest is missing" in notes[-1]

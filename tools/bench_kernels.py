@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from megadrp.experiments import hard_mask_ops as hard
-from megadrp.kernels import ops, reference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: megadrp and experiments/
+
+from experiments import hard_mask_ops as hard  # noqa: E402
+from megadrp.kernels import ops, reference  # noqa: E402
 
 SHAPES = {  # d, H, G, head_dim, m, batch, seq
     "llama2-7b": dict(d=4096, H=32, G=32, hd=128, m=11008, B=4, T=2048),

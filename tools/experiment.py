@@ -26,7 +26,7 @@ the finished runs are scored and reported, results.md opening with what was left
 no verdict).
 
     python tools/experiment.py --budget cpu          # make experiment: <= 90 min on 2 CPU cores
-    python tools/experiment.py --budget gpu          # tools/experiment_gpu.sh: <= 9 min on one H100/H200
+    python tools/experiment.py --budget gpu          # tools/device/experiment_gpu.sh: <= 9 min on one H100/H200
     python tools/experiment.py --budget cpu --methods dress oneshot --target extreme    # DReSS's extreme ratio
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megadrp.experiments import comparison as cmp  # noqa: E402
+from experiments import comparison as cmp  # noqa: E402
 from megadrp.experiments import pipeline as pl  # noqa: E402
 
 METHODS = {

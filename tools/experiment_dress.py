@@ -9,7 +9,7 @@ Both arms select the same units (same criterion, same calibration batches), then
           for ft_steps steps.
 Per-domain bits per byte (megadrp.eval's pinned protocol on CORPUS/heldout) of the source, of each arm right
 after the cut ("cut"), and after finetuning ("ft"); DReSS's regularised dense model too ("reg"). Prints a
-markdown table and writes JSON. One process, plain PyTorch (megadrp.experiments.dress_loop): the same DressRegularizer
+markdown table and writes JSON. One process, plain PyTorch (experiments.dress_loop): the same DressRegularizer
 the DeepSpeed trainer's dress mode uses. ``--device cuda --dtype bfloat16`` for a GPU run.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.dress_loop import train_steps  # noqa: E402
 from megadrp.config.schema import TargetShape  # noqa: E402
 from megadrp.dress.cut import pruned_copy  # noqa: E402
 from megadrp.dress.regularizer import DressRegularizer  # noqa: E402
@@ -34,7 +35,6 @@ from megadrp.dress.scoring import score_units  # noqa: E402
 from megadrp.dress.select import select_units  # noqa: E402
 from megadrp.eval.domain_eval import evaluate_domains  # noqa: E402
 from megadrp.eval.windows import load_heldout, read_documents  # noqa: E402
-from megadrp.experiments.dress_loop import train_steps  # noqa: E402
 from megadrp.model import load_pretrained  # noqa: E402
 
 

@@ -28,8 +28,7 @@ def _rss_gib() -> float:
 
 
 def _tiny_config(folder: Path) -> str:
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_train_fixtures import make_workspace, write_config
+    from tests.helpers.train_runs import make_workspace, write_config
 
     folder.mkdir(parents=True, exist_ok=True)
     ws = make_workspace(folder)

@@ -14,13 +14,21 @@ from pathlib import Path
 
 from megadrp.config.schema import ConfigError
 
-#: The DeepSpeed JSONs shipped with megadrp (package data: present in a source checkout and a wheel alike).
-SHIPPED_DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
+
+def _shipped_ds_configs() -> Path:
+    """The DeepSpeed JSONs shipped with megadrp: the repository's top-level ds_configs/ in a source checkout (or an
+    editable install), and the same files as package data megadrp/ds_configs/ in a wheel (setup.py maps them)."""
+    package = Path(__file__).resolve().parents[1]
+    in_wheel = package / "ds_configs"
+    return in_wheel if in_wheel.is_dir() else package.parent / "ds_configs"
+
+
+SHIPPED_DS_CONFIGS = _shipped_ds_configs()
 
 
 def resolve_ds_config_path(path: str) -> str:
     """The file a ``deepspeed.config`` names: the path itself (absolute, or from the working directory) when it
-    exists, else for ``ds_configs/NAME.json`` (or a bare ``NAME.json``) the shipped megadrp/ds_configs/NAME.json,
+    exists, else for ``ds_configs/NAME.json`` (or a bare ``NAME.json``) the shipped ds_configs/NAME.json,
     so recipes work from any directory and from an installed wheel."""
     p = Path(path)
     if p.is_absolute() or p.exists():

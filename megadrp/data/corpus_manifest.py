@@ -1,4 +1,4 @@
-"""A corpus folder's manifest (``CORPUS/manifest.json``, written by tools/build_corpus.py) and its identity.
+"""A corpus folder's manifest (``CORPUS/manifest.json``, written by experiments/corpus_build.py) and its identity.
 
 Evaluation results stamp the identity of the corpus they were measured on (``corpus_identity``), so numbers
 from two corpora are never compared silently: ``content_sha256`` is a hash of every domain's train and
@@ -20,8 +20,8 @@ def read_manifest(corpus_dir) -> dict | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a valid corpus manifest ({err}); rebuild it with tools/build_corpus.py "
-                         f"--force") from None
+        raise ValueError(f"{path} is not a valid corpus manifest ({err}); rebuild it with `python -m "
+                         f"experiments.corpus_build --force`") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} is not a valid corpus manifest (expected a JSON object)")
     return manifest

@@ -29,7 +29,7 @@ def load_domain_datasets(prefix: str | os.PathLike, domains: Sequence[str], toke
         raise FileNotFoundError(
             f"missing {len(missing)} data file(s) for prefix {os.fspath(prefix)!r}: {', '.join(missing)}. "
             f"Create them with `megadrp preprocess --input CORPUS/train --per-domain --output-prefix "
-            f"{os.fspath(prefix)} --tokenizer MODEL --append-eod` (CORPUS from tools/build_corpus.py), or fix "
+            f"{os.fspath(prefix)} --tokenizer MODEL --append-eod` (CORPUS from experiments/corpus_build.py), or fix "
             f"data.prefix / data.domains")
     datasets = {d: IndexedDataset(domain_prefix(prefix, d)) for d in domains}
     if tokenizer is not None:

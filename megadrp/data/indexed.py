@@ -26,7 +26,7 @@ DTYPE_CODES = {
 }
 CODE_OF_DTYPE = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 
-_REBUILD = "re-create it with `megadrp preprocess` (tools/preprocess_data.py)"
+_REBUILD = "re-create it with `megadrp preprocess`"
 
 
 class IndexedDatasetError(ValueError):

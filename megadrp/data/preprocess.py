@@ -1,4 +1,4 @@
-"""``megadrp preprocess`` (``tools/preprocess_data.py``): text, JSONL, parquet, HF datasets -> Megatron binaries.
+"""``megadrp preprocess``: text, JSONL, parquet, HF datasets -> Megatron binaries.
 
     megadrp preprocess --input FILE_OR_DIR... --output-prefix PREFIX --tokenizer DIR --append-eod --workers 2
 

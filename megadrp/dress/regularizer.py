@@ -6,7 +6,7 @@
     reg.metrics(step)                                         # selected-slice norms, coefficient, penalty
 
 Both the DeepSpeed trainer's dress mode (megadrp.methods.dress) and the plain-torch loop
-(megadrp.experiments.dress_loop, tests and CPU experiments) go through this class, so they regularise identically.
+(experiments.dress_loop, tests and CPU experiments) go through this class, so they regularise identically.
 """
 from __future__ import annotations
 

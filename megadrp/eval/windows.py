@@ -73,7 +73,7 @@ def load_heldout(corpus_dir, domains=None, max_bytes: int | None = None) -> dict
     heldout = Path(corpus_dir) / "heldout"
     if not heldout.is_dir():
         raise FileNotFoundError(f"no held-out split: {heldout} does not exist (expected CORPUS/heldout/DOMAIN.jsonl, "
-                                "as written by tools/build_corpus.py)")
+                                "as written by experiments/corpus_build.py)")
     present = available_domains(corpus_dir)
     if domains is None:
         listed = manifest_domains(corpus_dir)
@@ -81,7 +81,7 @@ def load_heldout(corpus_dir, domains=None, max_bytes: int | None = None) -> dict
         if lost:  # an average over the rest would read as the corpus's
             raise FileNotFoundError(f"{Path(corpus_dir) / 'manifest.json'} lists domain(s) {lost}, but {heldout} "
                                     f"has no {', '.join(d + '.jsonl' for d in lost)}; restore it "
-                                    f"(tools/build_corpus.py) or name the domains to score with --domains")
+                                    f"(experiments/corpus_build.py) or name the domains to score with --domains")
         domains = present
     missing = [d for d in domains if d not in present]
     if missing:

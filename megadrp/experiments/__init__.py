@@ -1,2 +1,3 @@
-"""Experiments fenced off from the core: the corpus builder, the demo/comparison pipelines, the plain-torch
-DReSS loop and the benchmark-only hard-mask ops. Nothing in the core imports this package."""
+"""The demo/comparison pipelines' cached stages (pipeline.py). The corpus builder, the comparison's tables, the
+plain-torch DReSS loop and the hard-mask ops live outside the package, in the repository's experiments/ folder.
+Nothing in the core imports this package."""

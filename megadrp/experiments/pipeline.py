@@ -52,7 +52,7 @@ def newer(path: str, than: str) -> bool:
 
 
 def corpus_domains(corpus: str) -> list[str]:
-    """Domain names of a corpus built by tools/build_corpus.py, in the manifest's order."""
+    """Domain names of a corpus built by experiments/corpus_build.py, in the manifest's order."""
     path = os.path.join(corpus, "manifest.json")
     if not os.path.exists(path):
         raise StageFailed(f"{path} is missing: build the corpus first (make corpus)")
@@ -70,7 +70,7 @@ def default_bin_dir(model: str) -> str:
 def add_common_args(p, run_dir: str, config: str) -> None:
     """The arguments every pipeline script shares (model, corpus, run folder, ranks, evaluation protocol)."""
     p.add_argument("--model", default=".cache/models/smollm2-135m", help="source HF folder")
-    p.add_argument("--corpus", default=".cache/corpus", help="a corpus folder of tools/build_corpus.py")
+    p.add_argument("--corpus", default=".cache/corpus", help="a corpus folder of experiments/corpus_build.py")
     p.add_argument("--bin-dir", default=None, help="tokenised corpus (default: .cache/bin/MODEL_NAME)")
     p.add_argument("--run-dir", default=run_dir)
     p.add_argument("--config", default=config, help="base run recipe (YAML)")
@@ -89,12 +89,12 @@ def tokenised_corpus(args, title: str) -> tuple[list[str], dict]:
 
 
 def built_corpus(sources: str, out: str, max_bytes: int = 200_000) -> str:
-    """`tools/build_corpus.py` of a source list into OUT, unless its manifest is newer than the list (the
+    """`python -m experiments.corpus_build` of a source list into OUT, unless its manifest is newer than the list (the
     builder itself also skips an up-to-date corpus; this check keeps a finished one from needing apt)."""
     if newer(os.path.join(out, "manifest.json"), sources):
         print(f"cached: {out}")
         return out
-    run([sys.executable, os.path.join(ROOT, "tools", "build_corpus.py"), "--sources", sources, "--output", out,
+    run([sys.executable, "-m", "experiments.corpus_build", "--sources", sources, "--output", out,
          "--max-bytes", str(max_bytes)])  # the builder's default held-out size, as for the training corpus
     return out
 

@@ -17,7 +17,7 @@ What carries over, and why nothing else is needed:
   ranks stopped. Guaranteed: no sequence of any domain is read twice or skipped, in each domain's order.
   Not guaranteed: the same batches as an N-rank run would have drawn, unless micro_batch_size x world size
   (the slots of one sampler draw) is kept, e.g. micro 2 on 2 ranks -> micro 4 on 1 rank, which reproduces
-  the N-rank losses up to float summation order (tests/test_train_elastic.py);
+  the N-rank losses up to float summation order (tests/trainer/test_train_elastic.py);
 - per-rank RNG state: rank r restores rank r's state when the checkpoint has one, else rank 0's (megadrp
   draws masks and data from seeded generators, so no result depends on it).
 The global batch (micro x accumulation x world size) changes with M unless ``optim.global_batch_size`` is set,
