@@ -1,19 +1,20 @@
-"""Hugging Face folder I/O: read config.json and weights (safetensors, sharded or not, or pytorch_model.bin),
-and build a MaskedCausalLM from them. Never runs remote code; torch.load only with weights_only=True.
+"""Hugging Face folder I/O: read config.json, and build a MaskedCausalLM from a folder's config and weights
+(read by megadrp.model.lazy_weights). Never runs remote code.
 
-The two halves (read_hf_state_dict, Family.hf_to_internal) are public so the trainer can load under ZeRO-3
-(gathering each parameter itself) without going through load_pretrained.
+The two halves (the weights, megadrp.model.lazy_weights; Family.hf_to_internal) are public so the trainer can
+load under ZeRO-3 (gathering each parameter itself) without going through load_pretrained.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 
 from megadrp.model.decoder import MaskedCausalLM
 from megadrp.model.families import Family, family_for_config, get_family
+from megadrp.model.lazy_weights import open_hf_weights, shape_of
 from megadrp.model.shape import ModelShape
 
 PathLike = Union[str, Path]
@@ -46,40 +47,9 @@ def read_shape(path: PathLike, family: str = "auto") -> Tuple[ModelShape, Family
     return ModelShape.from_hf_config(cfg), resolve_family(cfg, family)
 
 
-def _load_file(f: Path) -> Dict[str, torch.Tensor]:
-    if f.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(f))
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{f} cannot be read ({err}): the weights file is truncated or damaged; download or "
-                             f"copy it again") from None
-    return torch.load(f, map_location="cpu", weights_only=True)
-
-
-def read_hf_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """{hf_key: tensor} on CPU from model.safetensors[.index.json] or pytorch_model.bin[.index.json]: the whole
-    model in host memory. Loaders that copy tensor by tensor use megadrp.model.lazy_weights.open_hf_weights."""
-    p = Path(path)
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (p / index).exists():
-            shards = sorted(set(json.loads((p / index).read_text())["weight_map"].values()))
-            sd = {}
-            for shard in shards:
-                sd.update(_load_file(p / shard))
-            return sd
-        if (p / single).exists():
-            return _load_file(p / single)
-    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or their index json in {p}")
-
-
 def load_pretrained(path: PathLike, family: str = "auto", dtype: torch.dtype = torch.float32,
                     **model_kwargs) -> MaskedCausalLM:
     """A MaskedCausalLM with the folder's weights (cast to dtype). model_kwargs go to MaskedCausalLM."""
-    from megadrp.model.lazy_weights import open_hf_weights, shape_of
-
     shape, fam = read_shape(path, family)
     internal = fam.hf_to_internal(open_hf_weights(path))
     model = MaskedCausalLM(shape, fam, dtype=dtype, **model_kwargs)

@@ -1,4 +1,4 @@
-"""Hugging Face weights read one tensor at a time: a mapping over a folder's safetensors shards.
+"""A Hugging Face folder's weights: read one tensor at a time (a mapping over its safetensors shards), or whole.
 
 ``open_hf_weights(path)`` returns ``{hf_key: tensor}`` whose values are read from their shard on access
 (``safetensors.safe_open``, the file mapped for that one read), so a loader that copies parameter by parameter
@@ -6,16 +6,24 @@ never holds more than one tensor of the source in host memory: loading a 70B sou
 rank 0 needs one weight matrix (~2 GiB in bf16 at 70B: the embedding), not the 140 GB model; the eager reader
 kept every shard mapped, and once touched, resident (docs/BENCHMARKS.md, "Loading"). Shapes and
 dtypes are read from the shard headers without reading the data. ``pytorch_model.bin`` folders cannot be read
-lazily (a pickle is read whole): they come back as a plain dict.
+lazily (a pickle is read whole, ``torch.load`` with ``weights_only=True`` only): they come back as a plain dict,
+as ``read_hf_state_dict`` returns every folder.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Tuple, Union
 
 import torch
+
+PathLike = Union[str, Path]
+
+
+def _damaged(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path} cannot be read ({err}): the weights file is truncated or damaged; download or "
+                      f"copy it again")
 
 
 def _safe_open(path: Path):
@@ -25,8 +33,7 @@ def _safe_open(path: Path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} cannot be read ({err}): the weights file is truncated or damaged; download or "
-                         f"copy it again") from None
+        raise _damaged(path, err) from None
 
 
 class LazyHFWeights(Mapping):
@@ -101,9 +108,35 @@ def open_hf_weights(path) -> Mapping:
     p = Path(path)
     if (p / "model.safetensors.index.json").exists() or (p / "model.safetensors").exists():
         return LazyHFWeights(_safetensors_files(p))
-    from megadrp.model.hf_io import read_hf_state_dict
-
     return read_hf_state_dict(p)
+
+
+def _load_file(f: Path) -> Dict[str, torch.Tensor]:
+    if f.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(f))
+        except (SafetensorError, OSError) as err:
+            raise _damaged(f, err) from None
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def read_hf_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """{hf_key: tensor} on CPU from model.safetensors[.index.json] or pytorch_model.bin[.index.json]: the whole
+    model in host memory. Loaders that copy tensor by tensor use megadrp.model.lazy_weights.open_hf_weights."""
+    p = Path(path)
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (p / index).exists():
+            shards = sorted(set(json.loads((p / index).read_text())["weight_map"].values()))
+            sd = {}
+            for shard in shards:
+                sd.update(_load_file(p / shard))
+            return sd
+        if (p / single).exists():
+            return _load_file(p / single)
+    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or their index json in {p}")
 
 
 def shape_of(weights: Mapping, key: str) -> Tuple[int, ...]:
