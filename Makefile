@@ -63,7 +63,7 @@ $(UNSEEN)/manifest.json: configs/unseen_sources.yaml
 	$(VPY) -m experiments.corpus_build --sources configs/unseen_sources.yaml --output $(UNSEEN) --max-bytes 200000
 
 demo: setup model corpus
-	$(VPY) tools/demo.py --model $(MODEL) --corpus $(CORPUS) --run-dir runs/demo
+	$(VPY) -m megadrp run --config configs/demo_smollm2.yaml
 
 experiment: setup model corpus corpus-unseen
 	$(VPY) tools/experiment.py --budget cpu --model $(MODEL) --corpus $(CORPUS) --unseen-corpus $(UNSEEN) \

@@ -12,6 +12,8 @@ import sys
 
 # name -> (module, function, one-line help)
 COMMANDS = {
+    "run": ("megadrp.recipe.runner", "main",
+            "A recipe end to end: cut, recover, export, evaluate, report, upload; each stage resumable and cached."),
     "prune": ("megadrp.train", "main_prune", "Prune a model with learned masks + domain reweighting (DRPruning)."),
     "cpt": ("megadrp.train", "main_cpt", "Continued pretraining of an exported (dense) model with domain reweighting."),
     "dress": ("megadrp.train", "main_dress", "DReSS: select units, regularise them away, prune, finetune."),

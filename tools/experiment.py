@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import comparison as cmp  # noqa: E402
-from megadrp.experiments import pipeline as pl  # noqa: E402
+from megadrp.recipe import stages as pl  # noqa: E402
 
 METHODS = {
     "uniform": ("prune", ["dro.method=constant"]),

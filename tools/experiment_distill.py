@@ -26,7 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.comparison import target_overrides  # noqa: E402
-from megadrp.experiments import pipeline as pl  # noqa: E402
+from megadrp.recipe import stages as pl  # noqa: E402
 
 ALPHAS = ("0", "0.5", "1.0")
 TARGET = {"hidden_size": 384, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 1024,

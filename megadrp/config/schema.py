@@ -1,7 +1,7 @@
 """The typed run-configuration tree of megadrp.
 
 One dataclass per concern (model, pruning, data, dro, optim, deepspeed, checkpoint, logging, export,
-eval, dress, distill). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
+eval, dress, distill, stages). Every field carries its help text in ``metadata["help"]`` (shown by ``megadrp config``)
 and, where the values are a closed set, ``metadata["choices"]``. Checks that involve only one section
 live in that section's ``check`` method and raise :class:`ConfigError` naming the dotted field, the bad
 value and what is allowed. Checks that need the source model (target shape vs source shape) live with
@@ -311,6 +311,35 @@ class DistillConfig:
 
 
 @dataclass
+class StagesConfig:
+    """What `megadrp run` does with the recipe (megadrp/recipe/runner.py); the training modes never read it."""
+    cut: str = opt("oneshot", "How the source is cut to pruning.target: oneshot (activation importance, no training), "
+                   "prune (learned masks for stages.cut_steps steps, then export), dress (DReSS, regularising for "
+                   "stages.cut_steps steps), or none (no cut: the source itself goes to recovery).",
+                   choices=("oneshot", "prune", "dress", "none"))
+    cut_steps: int = opt(0, "Training steps of the cut (prune, dress); oneshot and none train nothing.")
+    recovery_steps: int = opt(0, "Steps of continued pretraining of the cut model (megadrp cpt); 0: no recovery. "
+                              "optim.* applies to both training stages; each stage's optim.max_steps is its steps.")
+    corpus: str = opt("", "Text corpus folder (CORPUS/manifest.json, CORPUS/{train,heldout}/DOMAIN.jsonl: the layout "
+                      "of tools/build_corpus.py), tokenised with model.path's tokenizer for training and scored "
+                      "held out by the evaluation; empty: data.prefix / data.eval_prefix as given, no evaluation.")
+    bin_dir: str = opt("", "Where the tokenised corpus goes; empty: .cache/bin/SOURCE_FOLDER_NAME.")
+    nproc: int = opt(1, "Ranks of each training stage on this machine (`megadrp MODE --nproc`).")
+    evaluate: bool = opt(True, "Score the source, the cut and the final model per domain (needs stages.corpus), "
+                         "write RUN_DIR/eval.json and eval.md and the table into the export's model card.")
+    report: bool = opt(True, "Plots and a summary of the last training stage in RUN_DIR/report.")
+
+    def check(self, prefix: str = "stages"):
+        _positive(f"{prefix}.cut_steps", self.cut_steps, allow_zero=True)
+        _positive(f"{prefix}.recovery_steps", self.recovery_steps, allow_zero=True)
+        _positive(f"{prefix}.nproc", self.nproc)
+        if self.cut in ("prune", "dress") and self.cut_steps == 0:
+            raise ConfigError(f"{prefix}.cut_steps", 0, f"stages.cut={self.cut} trains: give its steps (> 0)")
+        if self.cut in ("oneshot", "none") and self.cut_steps:
+            raise ConfigError(f"{prefix}.cut_steps", self.cut_steps, f"stages.cut={self.cut} trains nothing: 0")
+
+
+@dataclass
 class RunConfig:
     mode: str = opt("prune", "What the run does (oneshot: `megadrp oneshot`, no training; the others train).",
                      choices=("prune", "cpt", "dress", "oneshot"))
@@ -327,11 +356,13 @@ class RunConfig:
     eval: EvalConfig = opt(None, "Per-domain evaluation.", factory=EvalConfig)
     dress: DressConfig = opt(None, "DReSS: importance selection and regularisation (dress mode).", factory=DressConfig)
     distill: DistillConfig = opt(None, "Knowledge distillation from a teacher (every mode).", factory=DistillConfig)
+    stages: StagesConfig = opt(None, "The stages `megadrp run` goes through (no training mode reads them).",
+                               factory=StagesConfig)
 
     def check(self, prefix: str = ""):
         """Validate every section; raises ConfigError on the first bad field."""
         for name in ("model", "pruning", "data", "dro", "optim", "deepspeed", "checkpoint", "logging", "export",
-                     "eval", "dress", "distill"):
+                     "eval", "dress", "distill", "stages"):
             getattr(self, name).check(name)
         if self.dro.reference_losses and self.data.domains and len(self.dro.reference_losses) != len(self.data.domains):
             raise ConfigError("dro.reference_losses", self.dro.reference_losses,

@@ -1,7 +1,8 @@
 """``megadrp report RUN_DIR``: plots of a run's metrics and ``report/summary.md`` (final values, tables, links).
 
 Reads ``RUN_DIR/metrics.jsonl`` (train and eval records; mask fields only in prune runs) and, when present,
-``RUN_DIR/eval.json`` (written by ``megadrp eval``) whose comparison table is copied into the summary.
+``RUN_DIR/eval.json`` or ``--eval-json`` (written by ``megadrp eval``), whose comparison tables (quality, and
+speed when measured) are copied into the summary.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def _eval_json_section(path: Path) -> list[str]:
         return [f"## Held-out evaluation\n\n`{path.name}` could not be read as `megadrp eval` output ({err}).\n"]
 
 
-def summary_markdown(run_dir: Path, log: MetricsLog, plots: dict[str, Path], out_dir: Path) -> str:
+def summary_markdown(run_dir: Path, log: MetricsLog, plots: dict[str, Path], out_dir: Path,
+                     eval_json: Path | None = None) -> str:
     """The summary page: final scalars, per-domain and per-family tables, eval.json's table, plot links."""
     final = log.train[-1] if log.train else {}
     rows = [("final step", final.get("step")), ("tokens seen", log.last("tokens_seen")),
@@ -75,7 +77,7 @@ def summary_markdown(run_dir: Path, log: MetricsLog, plots: dict[str, Path], out
                      "(e.g. a run killed mid-write).")
     lines.append("")
     lines += _domain_table(log) + _sparsity_table(log)
-    eval_json = run_dir / "eval.json"
+    eval_json = Path(eval_json) if eval_json else run_dir / "eval.json"
     if eval_json.is_file():
         lines += _eval_json_section(eval_json)
     if plots:
@@ -86,7 +88,7 @@ def summary_markdown(run_dir: Path, log: MetricsLog, plots: dict[str, Path], out
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(run_dir, out_dir=None) -> Path:
+def write_report(run_dir, out_dir=None, eval_json=None) -> Path:
     """Write the plots and ``summary.md`` into ``out_dir`` (default RUN_DIR/report); returns summary.md's path."""
     from megadrp.eval.run_metrics import write_plots
 
@@ -97,7 +99,7 @@ def write_report(run_dir, out_dir=None) -> Path:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no train or eval record")
     plots = write_plots(log, out_dir)
     summary = out_dir / "summary.md"
-    summary.write_text(summary_markdown(run_dir, log, plots, out_dir))
+    summary.write_text(summary_markdown(run_dir, log, plots, out_dir, eval_json))
     return summary
 
 
@@ -105,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="megadrp report", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="run directory holding metrics.jsonl")
     p.add_argument("--output", default=None, help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--eval-json", default=None, help="`megadrp eval` results to include (default: RUN_DIR/eval.json)")
     args = p.parse_args(argv)
     try:
-        summary = write_report(args.run_dir, args.output)
+        summary = write_report(args.run_dir, args.output, args.eval_json)
     except (FileNotFoundError, ValueError) as err:
         print(f"megadrp report: {err}", file=sys.stderr)
         return 2

@@ -1,15 +1,14 @@
-"""`make demo`'s pipeline end to end on a tiny configuration, and the method comparison of tools/experiment.py.
+"""The method comparison of tools/experiment.py end to end on a tiny configuration (`make demo`'s pipeline,
+`megadrp run`, is tests/recipe/test_run_demo.py).
 
-The same scripts as the real demo (tools/demo.py, tools/experiment.py) run every stage through the `megadrp`
-subcommands: preprocess a corpus folder laid out like `experiments/corpus_build.py`'s, cut the source in one shot,
-recover it on 2 gloo ranks under ZeRO-3 with distillation and DRPruning's DRO, export, evaluate the source, the
-cut and the recovered model per domain and on a text file, write the report. The second run must find every
-stage cached and redo nothing but the report.
+tools/experiment.py runs every stage through the `megadrp` subcommands (megadrp/recipe/stages.py): preprocess a
+corpus folder laid out like `experiments/corpus_build.py`'s, cut the source with learned masks or in one shot,
+recover each cut, evaluate the cut and recovered models per domain and on domains no run trained on, and read
+the papers' claims from the tables.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import pytest
 import yaml
 
 from tests.helpers.pipeline_runs import TARGET, pipeline_config, pipeline_corpus
-from tests.helpers.train_runs import DOMAIN_TEXT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,71 +37,6 @@ def _run(args: list[str], timeout: int = 600) -> str:
     proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
-
-
-def test_demo_pipeline_end_to_end_then_cached(workspace):
-    ws = workspace
-    run_dir = ws["tmp"] / "runs" / "demo"
-    cmd = ["tools/demo.py", "--model", ws["model"], "--corpus", ws["corpus"], "--bin-dir", ws["bins"],
-           "--run-dir", str(run_dir), "--config", str(pipeline_config(ws["tmp"] / "demo.yaml", 6, "cpt")),
-           "--nproc", "2",
-           "--eval-windows", "2", "--eval-seq-length", "32"]
-    out = _run(cmd)
-
-    # 1: one .bin/.idx pair per domain and split
-    for split in ("train", "heldout"):
-        for domain in DOMAIN_TEXT:
-            assert os.path.getsize(f"{ws['bins']}/{split}_{domain}.bin") > 0
-    # 2: the one-shot cut has the target shape and records what it removed and why
-    cut = json.loads((run_dir / "pruned" / "config.json").read_text())
-    assert {k: cut[k] for k in TARGET} == TARGET
-    scores = json.loads((run_dir / "pruned" / "oneshot_scores.json").read_text())
-    removed = scores["removed"]["intermediate"]
-    assert len(removed) == 4 and all(len(r) == 128 - 64 for r in removed)
-    # 3: the recovery finished with a final checkpoint, distilled, and logged DRO weights for both domains
-    recover = run_dir / "recover"
-    metrics = [json.loads(line) for line in (recover / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in metrics if m.get("kind") == "train"]
-    assert max(m["step"] for m in steps) == 6
-    assert all(m["kd_loss"] > 0 for m in steps)  # the cut student differs from its teacher from step 1
-    assert (recover / "checkpoints" / "step_6").is_dir()
-    # DRPruning's initial references: the cut model's held-out loss per domain, measured before step 1
-    refs = [m["reference_loss"] for m in metrics if m.get("kind") == "reference"]
-    assert len(refs) == 1 and set(refs[0]) == set(DOMAIN_TEXT) and all(v > 0 for v in refs[0].values())
-    # 4: the export has the target shape
-    hf = json.loads((run_dir / "export" / "config.json").read_text())
-    assert {k: hf[k] for k in TARGET} == TARGET
-    # 5: eval.json has loss / perplexity / bits per byte per domain for the source, the cut and the recovered model
-    ev = json.loads((run_dir / "eval.json").read_text())["models"]
-    assert set(ev) == {"source", "oneshot", "pruned"}
-    for label in ev:
-        for domain in DOMAIN_TEXT:
-            r = ev[label]["domains"][domain]
-            assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-6)
-            assert r["bits_per_byte"] > 0
-    assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
-    assert ev["oneshot"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
-    assert "| source | oneshot | pruned |" in (run_dir / "eval.md").read_text()
-    card = (run_dir / "export" / "README.md").read_text()
-    assert "| **average** |" in card  # eval --update-card
-    # the recovered model's card names the lineage's model, not the unpublished cut it continued from
-    source_name = Path(ws["model"]).name
-    assert f"base_model: {source_name}" in card and "base_model: pruned" not in card
-    assert f"cut from `{source_name}`" in card and "(42.1%)" not in card
-    unseen = json.loads((run_dir / "eval_unseen.json").read_text())["models"]
-    assert set(unseen) == {"source", "oneshot", "pruned"}
-    for r in unseen.values():
-        assert set(r["domains"]) == {"textwrap.py"} and r["domains"]["textwrap.py"]["tokens"] > 0
-    # 6: the report: a summary and the plots
-    report = run_dir / "report"
-    assert (report / "summary.md").read_text().strip()
-    assert len(list(report.glob("*.png"))) >= 3
-    assert f"Everything is under {run_dir}/" in out
-
-    again = _run(cmd)
-    assert again.count("cached:") >= 7, again  # preprocess (2 splits), oneshot, cpt, export, eval (2)
-    for stage in ("oneshot", "cpt", "export", "eval"):
-        assert f"megadrp {stage}" not in again, again
 
 
 def _unseen_corpus(tmp: Path) -> tuple[Path, Path]:

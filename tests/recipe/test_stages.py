@@ -1,10 +1,10 @@
-"""The pipelines' stage cache (megadrp/experiments/pipeline.py): a finished stage is reused only for the recipe
+"""The pipelines' stage cache (megadrp/recipe/stages.py): a finished stage is reused only for the recipe
 that made it; another recipe stops the pipeline and names the difference instead of reusing or extending it."""
 from __future__ import annotations
 
 import pytest
 
-from megadrp.experiments import pipeline as pl
+from megadrp.recipe import stages as pl
 
 
 def test_a_stage_is_reused_only_for_its_own_recipe(tmp_path):

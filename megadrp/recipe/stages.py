@@ -1,11 +1,12 @@
-"""End-to-end stages shared by `tools/demo.py` and `tools/experiment.py`.
+"""The cached stages of a recipe: `megadrp run` (megadrp/recipe/runner.py) and the comparison scripts in tools/.
 
 Each stage runs the `megadrp` subcommand a user would run, in its own process (training needs its own
 launcher and process group anyway), and is skipped when its output is complete and newer than its input,
 so re-running a pipeline costs nothing for finished stages. A failed stage stops the pipeline with the
 command to look at; finished stages are kept. A finished training or one-shot stage is reused only for the
-recipe that made it (the config file's content and the overrides, recorded beside it in OUTPUT.stage.json):
-asked for with another recipe, the pipeline stops and names both, rather than reuse or overwrite the work.
+recipe that made it (recorded beside it in OUTPUT.stage.json: the resolved config for `megadrp run`, the config
+file's content and the overrides for the scripts): asked for with another recipe, the pipeline stops and names
+both, rather than reuse or overwrite the work.
 """
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ def banner(title: str) -> None:
 
 
 def run(cmd: list[str], env: dict | None = None) -> float:
-    """Run one command from the repository root; return its wall time; raise StageFailed on error."""
+    """Run one command from the current folder; return its wall time; raise StageFailed on error."""
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise StageFailed(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\n"
                           "Fix the error above and run again: finished stages are kept.")
@@ -122,6 +123,28 @@ def recipe(mode: str, config: str, overrides: list[str]) -> dict:
     return {"mode": mode, "config_sha256": digest, "overrides": list(overrides)}
 
 
+# Fields of a resolved config that do not change what a stage makes: a rerun may raise the steps to extend a
+# run, the stages section is the runner's own, and logging and resume only say how the work is watched and restarted.
+NOT_RECIPE = ("stages", "logging", "optim.max_steps", "checkpoint.resume", "checkpoint.init_from")
+
+
+def resolved_recipe(mode: str, config: dict) -> dict:
+    """What makes a `megadrp run` stage's result what it is: its mode and resolved config, less NOT_RECIPE."""
+    flat = _flatten(config)
+    keep = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RECIPE)}
+    return {"mode": mode, **{f"config.{k}": v for k, v in keep.items()}}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def check_recipe(output: str, wanted: dict) -> None:
     """Refuse to reuse or extend OUTPUT (a run folder, a cut model) under another recipe than the one recorded
     beside it."""
@@ -142,7 +165,8 @@ def check_recipe(output: str, wanted: dict) -> None:
         else:
             diff.append(f"{k}: {a!r} -> {b!r}")
     raise StageFailed(f"{output} was made by another recipe than this run asks for ({'; '.join(diff)}). "
-                      f"Pass another --run-dir, or delete {output} and {path} to redo it.")
+                      f"Give it another run folder (run_dir=... or --run-dir), or delete {output} and {path} to "
+                      "redo it.")
 
 
 def record_recipe(output: str, wanted: dict) -> None:
@@ -156,9 +180,11 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, overrides: list[str]) -> None:
-    """`megadrp MODE` to max_steps, resuming a killed run; skipped when its final checkpoint exists."""
-    wanted = recipe(mode, config, overrides)
+def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, overrides: list[str],
+          wanted: dict | None = None) -> None:
+    """`megadrp MODE` to max_steps, resuming a killed run; skipped when its final checkpoint exists. ``wanted``:
+    the stage's recipe record (default: `recipe` of the config file and the overrides)."""
+    wanted = wanted or recipe(mode, config, overrides)
     check_recipe(run_dir, wanted)
     newest = run_format.newest_complete(run_dir)
     done = int(newest.name.split("_")[1]) if newest else -1
@@ -170,10 +196,10 @@ def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, over
     record_recipe(run_dir, wanted)
 
 
-def oneshot(config: str, run_dir: str, overrides: list[str]) -> str:
+def oneshot(config: str, run_dir: str, overrides: list[str], wanted: dict | None = None) -> str:
     """`megadrp oneshot` into RUN_DIR/pruned; skipped when that folder is complete and made by this recipe."""
     out = os.path.join(run_dir, "pruned")
-    wanted = recipe("oneshot", config, overrides)
+    wanted = wanted or recipe("oneshot", config, overrides)
     check_recipe(out, wanted)
     if os.path.exists(os.path.join(out, "oneshot_scores.json")):
         print(f"cached: {out}")
@@ -226,15 +252,17 @@ _ALL_CORES = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
 
 
 def evaluate(models: dict[str, str], corpus: str | None, out_json: str, seq_length: int, max_windows: int,
-             device: str | None = None, texts: dict[str, str] | None = None, card: bool = True) -> dict:
+             device: str | None = None, texts: dict[str, str] | None = None, card: bool = True,
+             extra: list[str] = ()) -> dict:
     """`megadrp eval` of labelled HF folders on the held-out split (or on whole text files: ``texts``, label ->
-    file); cached while newer than every model. Only the held-out table of the training corpus goes into the
-    export's model card (``card``): a robustness corpus's table would replace it there."""
+    file), ``extra`` more `megadrp eval` options; cached while newer than every model. Only the held-out table
+    of the training corpus goes into the export's model card (``card``): a robustness corpus's table would
+    replace it there."""
     if all(_fresh(out_json, path) for path in models.values()):
         print(f"cached: {out_json}")
     else:
         source = ["--corpus", corpus] if corpus else ["--text", *[f"{k}={v}" for k, v in texts.items()]]
-        cmd = _eval_command(models, source, out_json, seq_length, max_windows, device)
+        cmd = _eval_command(models, source, out_json, seq_length, max_windows, device) + list(extra)
         if card and corpus and any(_is_export(p) for p in models.values()):
             cmd.append("--update-card")  # the export's model card gets the table (and a warning if far below)
         run(cmd, env=_ALL_CORES)

@@ -1,0 +1,1 @@
+"""Recipes end to end: `megadrp run --config RECIPE.yaml` (runner.py) over cached, resumable stages (stages.py)."""

@@ -1,0 +1,114 @@
+"""`make demo` (`megadrp run --config RECIPE.yaml`) end to end on a tiny configuration.
+
+`megadrp run` runs every stage of the recipe through the `megadrp` subcommands: preprocess a corpus folder laid
+out like `experiments/corpus_build.py`'s, cut the source in one shot, recover it on 2 gloo ranks under ZeRO-3
+with distillation and DRPruning's DRO, export, evaluate the source, the cut and the recovered model per domain,
+write the report. The second run must find every stage cached and redo nothing but the report; another cut asked
+of the same run folder is refused before any work, naming the field that differs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.pipeline_runs import TARGET, pipeline_config, pipeline_corpus
+from tests.helpers.train_runs import DOMAIN_TEXT
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tests.helpers.tiny_models import make_tiny_hf_model
+
+    tmp = tmp_path_factory.mktemp("demo")
+    model = make_tiny_hf_model(tmp, "llama", num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                               intermediate_size=128, num_hidden_layers=4, seed=0)
+    return {"tmp": tmp, "model": str(model), "corpus": str(pipeline_corpus(tmp / "corpus")), "bins": str(tmp / "bin")}
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _recipe_command(ws, run_dir: Path, *extra: str) -> list[str]:
+    """`megadrp run` on the tiny demo recipe: a one-shot cut, 6 recovery steps with distillation from the source."""
+    return ["-m", "megadrp", "run", "--config", str(pipeline_config(ws["tmp"] / "demo.yaml", 6, "cpt")),
+            f"model.path={ws['model']}", f"distill.teacher={ws['model']}", f"run_dir={run_dir}",
+            f"stages.corpus={ws['corpus']}", f"stages.bin_dir={ws['bins']}", "stages.nproc=2",
+            "stages.recovery_steps=6", "eval.max_windows=2", "eval.seq_length=32", *extra]
+
+
+def test_demo_pipeline_end_to_end_then_cached(workspace):
+    ws = workspace
+    run_dir = ws["tmp"] / "runs" / "demo"
+    cmd = _recipe_command(ws, run_dir)
+    out = _run(cmd)
+    assert "[1/6 tokenise, 0:00 elapsed]" in out and "[6/6 report," in out  # numbered stages with the time
+
+    # 1: one .bin/.idx pair per domain and split
+    for split in ("train", "heldout"):
+        for domain in DOMAIN_TEXT:
+            assert os.path.getsize(f"{ws['bins']}/{split}_{domain}.bin") > 0
+    # 2: the one-shot cut has the target shape and records what it removed and why
+    cut = json.loads((run_dir / "pruned" / "config.json").read_text())
+    assert {k: cut[k] for k in TARGET} == TARGET
+    scores = json.loads((run_dir / "pruned" / "oneshot_scores.json").read_text())
+    removed = scores["removed"]["intermediate"]
+    assert len(removed) == 4 and all(len(r) == 128 - 64 for r in removed)
+    # 3: the recovery finished with a final checkpoint, distilled, and logged DRO weights for both domains
+    recover = run_dir / "recover"
+    metrics = [json.loads(line) for line in (recover / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if m.get("kind") == "train"]
+    assert max(m["step"] for m in steps) == 6
+    assert all(m["kd_loss"] > 0 for m in steps)  # the cut student differs from its teacher from step 1
+    assert (recover / "checkpoints" / "step_6").is_dir()
+    # DRPruning's initial references: held-out loss per domain, measured before step 1
+    refs = [m["reference_loss"] for m in metrics if m.get("kind") == "reference"]
+    assert len(refs) == 1 and set(refs[0]) == set(DOMAIN_TEXT) and all(v > 0 for v in refs[0].values())
+    # 4: the export has the target shape
+    hf = json.loads((run_dir / "export" / "config.json").read_text())
+    assert {k: hf[k] for k in TARGET} == TARGET
+    # 5: eval.json has loss / perplexity / bits per byte per domain for the source, the cut and the recovered model
+    ev = json.loads((run_dir / "eval.json").read_text())["models"]
+    assert set(ev) == {"source", "oneshot", "pruned"}
+    for label in ev:
+        for domain in DOMAIN_TEXT:
+            r = ev[label]["domains"][domain]
+            assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-6)
+            assert r["bits_per_byte"] > 0
+    assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
+    assert ev["oneshot"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
+    assert "| source | oneshot | pruned |" in (run_dir / "eval.md").read_text()
+    card = (run_dir / "export" / "README.md").read_text()
+    assert "| **average** |" in card  # eval --update-card
+    # the recovered model's card names the lineage's model, not the unpublished cut it continued from
+    source_name = Path(ws["model"]).name
+    assert f"base_model: {source_name}" in card and "base_model: pruned" not in card
+    assert f"cut from `{source_name}`" in card and "(42.1%)" not in card
+    # 6: the report: a summary with the evaluation's table, and the plots
+    report = run_dir / "report"
+    summary = (report / "summary.md").read_text()
+    assert "## Held-out evaluation" in summary and "| source | oneshot | pruned |" in summary
+    assert len(list(report.glob("*.png"))) >= 3
+    assert f"model        : {run_dir}/export/" in out
+
+    again = _run(cmd)
+    assert again.count("cached:") >= 6, again  # preprocess (2 splits), oneshot, cpt, export, eval
+    for stage in ("oneshot", "cpt", "export", "eval"):
+        assert f"-m megadrp {stage} " not in again, again
+
+    # the same run folder asked for another cut: refused before any work, naming the field that changed
+    proc = subprocess.run([sys.executable, *_recipe_command(ws, run_dir, "pruning.target.intermediate_size=96")],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert proc.returncode == 1 and "config.pruning.target.intermediate_size: 64 -> 96" in proc.stderr, proc.stderr
+    assert "$ " + sys.executable + " -m megadrp oneshot" not in proc.stdout
