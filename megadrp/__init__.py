@@ -5,8 +5,8 @@ cross-entropy), ``model`` (masked decoder families, the unit table), ``masks`` (
 Lagrangian), ``data`` (indexed binaries, domain sampler), ``dro`` (domain reweighting), ``trainer`` (the
 DeepSpeed ZeRO-3 step loop), ``methods`` (prune, cpt, dress: the loop's modes), ``run_format`` (the run
 directory on disk), ``export`` (dense HF export), ``eval`` (per-domain evaluation, reports), ``eval_results``
-(their tables); ``experiments`` (the pipelines' cached stages) is fenced off from the core. The corpus
-builder, the comparison and the benchmarks live outside the package (experiments/, tools/).
+(their tables), ``recipe`` (`megadrp run`: a recipe's cached stages, driving the subcommands as processes). The
+corpus builder, the comparison and the benchmarks live outside the package (experiments/, tools/).
 """
 import os as _os
 import sys as _sys
