@@ -42,6 +42,9 @@ def _parser(prog: str, with_launch: bool) -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="weights-only start: a checkpoint folder or HF folder")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run_dir that holds an earlier run's checkpoints (deletes them)")
+    p.add_argument("--branch", action="store_true",
+                   help="resume from a checkpoint older than the run_dir's newest: move the later checkpoints and "
+                        "their metrics aside into RUN_DIR/abandoned/")
     p.add_argument("--take-over-lock", action="store_true",
                    help="take over the run_dir lock of a run known to be dead (its node is gone); the holder is named")
     p.add_argument("--allow-config-change", action="store_true",
@@ -96,7 +99,8 @@ def run(argv: list[str], mode: str | None = None) -> int:
         # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
         startup_check(cfg, plan, log=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
         check_start(cfg, plan, args.overwrite, args.allow_config_change,
-                    note=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
+                    note=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None,
+                    branch=args.branch)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if _is_main_env():
             print(f"{prefix}: {err}", file=sys.stderr)
@@ -110,7 +114,7 @@ def run(argv: list[str], mode: str | None = None) -> int:
     dist.init_distributed()
     lock = None
     try:
-        lock = _lock_run_dir(cfg, args.overwrite, args.take_over_lock)
+        lock = _lock_run_dir(cfg, args.overwrite, args.take_over_lock, args.branch)
         code = Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
                        distiller=make_distiller, reference=measure_reference).setup().train()
         # Only after a clean finish (a rank that raised must not wait here for peers that never come): every
@@ -159,11 +163,12 @@ def _is_start_error(err: BaseException) -> bool:
     return isinstance(err, (RunFormatError, RunLockError))
 
 
-def _lock_run_dir(cfg, overwrite: bool, take_over: bool = False):
-    """Global rank 0 takes the run_dir lock (and, with --overwrite, clears the earlier run); every rank learns
-    the outcome, so a refused job stops on all ranks at once."""
+def _lock_run_dir(cfg, overwrite: bool, take_over: bool = False, branch: bool = False):
+    """Global rank 0 takes the run_dir lock (and, with --overwrite, clears the earlier run; with --branch or over
+    a run that saved nothing, moves the abandoned history aside); every rank learns the outcome, so a refused job
+    stops on all ranks at once."""
     from megadrp.trainer import dist
-    from megadrp.trainer.resume_check import wipe_for_overwrite
+    from megadrp.trainer.resume_check import prepare_history, wipe_for_overwrite
     from megadrp.trainer.run_lock import RunLock, RunLockError
 
     lock, failure = None, None
@@ -173,7 +178,8 @@ def _lock_run_dir(cfg, overwrite: bool, take_over: bool = False):
                            take_over=take_over).acquire()
             if overwrite and cfg.checkpoint.resume in (None, "", "none"):
                 wipe_for_overwrite(cfg.run_dir)
-        except RunLockError as err:
+            prepare_history(cfg, branch, note=lambda msg: print(f"[megadrp] {msg}", flush=True))
+        except (RunLockError, OSError) as err:  # OSError: moving the abandoned history aside failed
             failure = str(err)
     failure = dist.all_gather_object(failure)[0]
     if failure is not None:

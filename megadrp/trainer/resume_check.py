@@ -10,6 +10,10 @@ Run before any process group or engine exists (megadrp/train.py), from the check
   intervals, micro batch at the same global batch, ...) are listed and accepted;
 - the domains of a resume must be the checkpoint's, in its order (per-domain weights, sampler cursors and DRO
   state are positional);
+- one history per run_dir (megadrp.trainer.run_history): a resume from a checkpoint older than the run_dir's
+  later ones is refused unless `--branch` (they are moved aside, named), and a fresh run into a run_dir whose
+  metrics.jsonl holds an earlier run's records without any checkpoint is refused (`--resume auto` moves them
+  aside, `--overwrite` deletes them);
 - a fresh start needs the source model's weights, not only its config.json.
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Callable, Optional
 
 from megadrp import run_format
 from megadrp.config import ConfigError, to_dict
+from megadrp.trainer import run_history
 
 
 class StartError(ValueError):
@@ -55,12 +60,33 @@ def config_changes(saved: dict, current: dict) -> tuple:
 
 
 def check_fresh_start(cfg, overwrite: bool) -> None:
-    """Refuse a fresh run over the checkpoints of an earlier run in the same run_dir."""
+    """Refuse a fresh run over the checkpoints, or the metrics, of an earlier run in the same run_dir."""
+    if overwrite:
+        return
     found = run_format.list_checkpoints(cfg.run_dir, complete=False)
-    if found and not overwrite:
+    if found:
         raise StartError(f"run_dir {cfg.run_dir} already holds checkpoints of a run "
                          f"({', '.join(p.name for p in found[-3:])}): continue it with --resume auto, start a new "
                          f"run with a new run_dir, or pass --overwrite to delete them and start afresh")
+    records = run_history.metrics_records(cfg.run_dir)
+    if records:
+        raise StartError(f"run_dir {cfg.run_dir} holds {records} metrics records of an earlier run that wrote no "
+                         f"checkpoint ({Path(cfg.run_dir) / run_history.METRICS}); a fresh run would append its own "
+                         f"to them. Start with --resume auto to move them aside into "
+                         f"{Path(cfg.run_dir) / run_history.ABANDONED}/, --overwrite to delete them, or use a new "
+                         f"run_dir")
+
+
+def check_one_history(cfg, path: Path, branch: bool) -> None:
+    """Refuse a resume from a checkpoint older than the run_dir's later ones, unless --branch."""
+    later = run_history.later_checkpoints(cfg.run_dir, path)
+    if later and not branch:
+        names = ", ".join(p.name for p in later)
+        raise StartError(f"run_dir {cfg.run_dir} holds checkpoints after {path.name} ({names}): resuming from "
+                         f"{path.name} would start a second history beside them (a later --resume auto could "
+                         f"continue either, and metrics.jsonl would mix both). Resume from the newest with --resume "
+                         f"auto, or pass --branch to move {names} and the metrics of their steps aside into "
+                         f"{Path(cfg.run_dir) / run_history.ABANDONED}/ and continue from {path.name}")
 
 
 def wipe_for_overwrite(run_dir) -> None:
@@ -103,7 +129,7 @@ def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bo
 
 
 def check_start(cfg, plan, overwrite: bool = False, allow_change: bool = False,
-                note: Callable[[str], None] = print) -> Optional[Path]:
+                note: Callable[[str], None] = print, branch: bool = False) -> Optional[Path]:
     """All start checks of a run; returns the checkpoint it will resume from (before verification), or None."""
     path = run_format.resolve(cfg.checkpoint.resume, cfg.run_dir, note=lambda _msg: None)
     if path is None:
@@ -112,7 +138,20 @@ def check_start(cfg, plan, overwrite: bool = False, allow_change: bool = False,
         _check_weights(plan.weights_path)
         return None
     check_resume(run_format.read_state(path), path, cfg, plan.world_size, allow_change, note)
+    check_one_history(cfg, path, branch)
     return path
+
+
+def prepare_history(cfg, branch: bool, note: Callable[[str], None]) -> None:
+    """Rank 0, holding the lock: move aside what the checks above let through for this start (--branch: the
+    later checkpoints and their metrics; --resume auto with no checkpoint: an earlier attempt's metrics)."""
+    if cfg.checkpoint.resume in (None, "", "none"):
+        return
+    path = run_format.resolve(cfg.checkpoint.resume, cfg.run_dir, note=lambda _msg: None)
+    if path is None:
+        run_history.set_aside(cfg.run_dir, -1, None, note)
+    elif branch:
+        run_history.set_aside(cfg.run_dir, run_history.step_of(path), path, note)
 
 
 def _check_weights(folder: str) -> None:
