@@ -175,6 +175,11 @@ class OptimConfig:
     beta2: float = opt(0.95, "AdamW beta2.")
     grad_clip: float = opt(1.0, "Global gradient-norm clip (0 disables).")
     seed: int = opt(1234, "Seed of weights init, data order and mask sampling.")
+    spike_guard: str = opt("stop", "A step whose LM loss exceeds spike_factor x max(median of the last spike_window "
+                           "steps, 1): 'stop' (exit 3, like NaN), 'skip' (the step leaves the weights unchanged) or "
+                           "'off'. megadrp/trainer/spike_guard.py.", choices=("stop", "skip", "off"))
+    spike_factor: float = opt(5.0, "How many times the running median LM loss counts as a spike (> 1).")
+    spike_window: int = opt(20, "Accepted steps in the spike guard's running median.")
 
     def check(self, prefix: str = "optim"):
         for name in ("max_steps", "micro_batch_size", "gradient_accumulation_steps", "global_batch_size", "lr"):
@@ -184,6 +189,9 @@ class OptimConfig:
         _fraction(f"{prefix}.min_lr_ratio", self.min_lr_ratio)
         _fraction(f"{prefix}.beta1", self.beta1, closed_top=False)
         _fraction(f"{prefix}.beta2", self.beta2, closed_top=False)
+        _positive(f"{prefix}.spike_window", self.spike_window)
+        if not self.spike_factor > 1:
+            raise ConfigError(f"{prefix}.spike_factor", self.spike_factor, "must be above 1 (5 is the default)")
         if self.warmup_steps >= self.max_steps:
             raise ConfigError(f"{prefix}.warmup_steps", self.warmup_steps,
                               f"must be below optim.max_steps ({self.max_steps})")

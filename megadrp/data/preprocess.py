@@ -93,8 +93,11 @@ def _ordered_results(batches, workers: int, init_args):
 
 def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer: str | TextTokenizer, workers: int = 1,
                append_eod: bool = False, json_keys: Sequence[str] = ("text",), per_domain: bool = False,
-               progress: bool | None = None) -> dict:
-    """Tokenise ``inputs`` into binaries; returns ``{output prefix: {"documents": n, "tokens": n}}``."""
+               progress: bool | None = None, overwrite: bool = False) -> dict:
+    """Tokenise ``inputs`` into binaries; returns ``{output prefix: {"documents": n, "tokens": n}}``.
+
+    Binaries that exist already are refused before any work unless ``overwrite`` (a run may be training on
+    them: replaced in place, its checkpoint's sampler positions would index other data)."""
     tok = load_tokenizer(tokenizer)
     if append_eod and tok.eod_id is None:
         raise ValueError(f"tokenizer {tok.name!r} has no end-of-document token (eos) for --append-eod")
@@ -110,6 +113,12 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer: str | TextT
         plan = [(f"{output_prefix}_{name}", srcs) for name, srcs in groups.items()]
     else:
         plan = [(output_prefix, sources)]
+    outputs = [p for prefix, _ in plan for p in ([prefix] if len(keys) == 1 else [f"{prefix}_{k}" for k in keys])]
+    existing = [str(f) for p in outputs for f in (Path(f"{p}.bin"), Path(f"{p}.idx"), Path(f"{p}.json")) if f.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{', '.join(existing[:6])}{' ...' if len(existing) > 6 else ''} already exist: pass "
+                         f"--overwrite to replace them (runs resumed on replaced binaries are refused: their "
+                         f"checkpoints record what the data was), or choose another --output-prefix")
     dtype = best_token_dtype(tok.vocab_size)
     init_args = (tok.spec, tok.eod_id, append_eod)
     summary = {}
@@ -162,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="tokenising processes (output is identical for any count)")
     p.add_argument("--per-domain", action="store_true",
                    help="each input file is one domain, written to PREFIX_<file stem>.bin/.idx")
+    p.add_argument("--overwrite", action="store_true", help="replace binaries that exist at the output prefix")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -177,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = preprocess(args.input, args.output_prefix, args.tokenizer, workers=args.workers,
                              append_eod=args.append_eod, json_keys=args.json_keys, per_domain=args.per_domain,
-                             progress=False if args.no_progress else None)
+                             progress=False if args.no_progress else None, overwrite=args.overwrite)
     except (InputError, ValueError, FileNotFoundError) as err:
         print(f"megadrp preprocess: {err}", file=sys.stderr)
         return 2

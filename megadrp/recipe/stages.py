@@ -111,7 +111,8 @@ def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[s
             print(f"cached: {prefix}_*.bin/.idx")
             continue
         run(megadrp("preprocess", "--input", *inputs, "--output-prefix", prefix, "--tokenizer", tokenizer,
-                    "--append-eod", "--per-domain", "--workers", str(workers), "--no-progress"))
+                    "--append-eod", "--per-domain", "--workers", str(workers), "--no-progress",
+                    "--overwrite"))  # the inputs are newer than the binaries: rebuilding them is the point
     return prefixes
 
 

@@ -38,6 +38,7 @@ class Plan:
     zero_reason: str = ""  # why the ZeRO stage was chosen ('' when the JSON pins it)
     teacher: Optional[object] = None  # megadrp.distill.TeacherSpec (set by train.py); None: distillation off
     reference: Optional[object] = None  # TeacherSpec of the model DRO's l_ref is measured on; None: the starting one
+    data_fingerprint: Optional[dict] = None  # {domain: megadrp.data.fingerprint}: recorded in checkpoints
 
 
 def preflight(cfg, world_size: Optional[int] = None) -> Plan:
@@ -97,6 +98,9 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
                           f"too few tokens for one training sample of seq_length + 1 = {cfg.data.seq_length + 1}: "
                           f"{', '.join(short)}; add data to that domain, drop it, or lower data.seq_length")
     counts = [float(ds.num_tokens) for ds in datasets.values()]
+    from megadrp.data.fingerprint import fingerprint
+
     return Plan(ds_config=ds_config, precision=precision, world_size=world, shape=shape, family=family,
                 weights_path=weights_path, tokenizer_path=tokenizer, datasets=datasets, eval_datasets=eval_datasets,
-                token_counts=counts, target_shape=target, zero_reason=zero_reason)
+                token_counts=counts, target_shape=target, zero_reason=zero_reason,
+                data_fingerprint={d: fingerprint(ds.prefix) for d, ds in datasets.items()})

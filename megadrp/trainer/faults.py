@@ -4,7 +4,10 @@ at a chosen point with a real failure rather than a mock. All are off unless the
 MEGADRP_FAULT_KILL_IN_CHECKPOINT=N  rank 0 SIGKILLs itself while writing checkpoint step_N: after DeepSpeed's
                                     shards and a torn state file are on disk, before the rename and the
                                     `latest` pointer. The previous checkpoint must stay the one `latest` names.
-MEGADRP_FAULT_NAN_AT_STEP=N         the training loss of step N becomes NaN (exercises the NaN guard).
+MEGADRP_FAULT_NAN_AT_STEP=N         the per-token losses of step N become NaN, as a NaN forward makes them
+                                    (exercises the NaN guard: exit 3).
+MEGADRP_FAULT_SPIKE_AT_STEP=N       the per-token losses of step N are multiplied by 1000, finite (exercises the
+                                    loss-spike guard, megadrp/trainer/spike_guard.py).
 MEGADRP_DEBUG_STEP_SLEEP=S          sleep S seconds after every step, so an outside SIGKILL lands mid-run.
 """
 from __future__ import annotations
@@ -33,6 +36,10 @@ def kill_in_checkpoint(step: int, partial_path) -> None:
 
 def nan_at(step: int) -> bool:
     return _int_env("MEGADRP_FAULT_NAN_AT_STEP") == step
+
+
+def spike_at(step: int) -> bool:
+    return _int_env("MEGADRP_FAULT_SPIKE_AT_STEP") == step
 
 
 def step_sleep() -> None:

@@ -25,6 +25,7 @@ from megadrp.trainer.build import Plan
 from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
 from megadrp.trainer.optim import make_weight_optimizer
+from megadrp.trainer.spike_guard import SpikeGuard
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,6 +53,7 @@ class Trainer:
         self.last_checkpoint = None
         self._last_eval_step = None
         self._saved_step = None  # the step of the newest checkpoint this process wrote or resumed from
+        self.spike = SpikeGuard(cfg.optim.spike_guard, cfg.optim.spike_factor, cfg.optim.spike_window)
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -144,6 +146,7 @@ class Trainer:
         self.mode.load_state_dict(state.get("mode_state", {}))
         self.sampler.load_state_dict(state["sampler"])
         self.reweighter.load_state_dict(state["reweighter"])
+        self.spike.load_state_dict(state.get("spike_guard"))
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         rngs = state.get("rng") or []
         if rngs:
@@ -162,7 +165,7 @@ class Trainer:
         lr = lr_at(step - 1, cfg.optim.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         set_lr(self.engine.optimizer, lr)
         self.mode.zero_grad()
-        extras = {}
+        extras, skipped = {}, False
         for micro in range(cfg.optim.gradient_accumulation_steps):
             batch = self.sampler.next_batch()
             tokens = batch["tokens"].to(self.device)
@@ -170,6 +173,10 @@ class Trainer:
                 self.distill.run_teacher(tokens[:, :-1])  # no grad, same micro-batch
             with self.precision.context(self.device.type):
                 tok_loss, logits = self._token_losses(tokens, self.mode.train_masks(step, micro))
+            if faults.nan_at(step):  # as a real NaN forward gives it: in the per-token losses, not their gradient
+                tok_loss = tok_loss + float("nan")
+            if faults.spike_at(step):
+                tok_loss = tok_loss * 1000.0
             self.tracker.add(tok_loss, batch["domain_ids"])
             loss = tok_loss.mean()
             if self.distill:  # (1 - alpha) LM + alpha KD; the tracker above keeps the LM loss (DRO signal)
@@ -177,8 +184,11 @@ class Trainer:
             for name, term in self.mode.loss_terms(step, micro).items():
                 loss = loss + term
                 extras[name] = extras.get(name, 0.0) + float(term.detach()) / cfg.optim.gradient_accumulation_steps
-            if faults.nan_at(step):
-                loss = loss * float("nan")
+            if self.spike.action == "skip" and not skipped and self._micro_spikes(tok_loss):
+                skipped = True
+                set_lr(self.engine.optimizer, 0.0)  # this step leaves the weights where they are
+            if skipped:
+                loss = loss * 0.0
             # engine.backward scales by 1/accumulation, for the masks' gradients too.
             self.engine.backward(loss)
             self.engine.step()
@@ -189,23 +199,37 @@ class Trainer:
         if self.distill:
             extras["kd_loss"] = self.distill.step_mean()
             loss_total += self.distill.alpha * (extras["kd_loss"] - lm_loss)
-        if not math.isfinite(loss_total) or faults.nan_at(step):
-            raise TrainingDiverged(
-                f"loss is {loss_total} at step {step}; stopping without checkpointing this state. Last good "
-                f"checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume auto, perhaps "
-                f"with a lower optim.lr)")
-        self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity(),
-                                eval_losses=self._heldout_for_rule(step))
-        new_weights = self.reweighter.maybe_update(step)
-        if new_weights is not None:
-            self.sampler.set_weights(new_weights)
+        last_good = (f"Last good checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume "
+                     f"auto, perhaps with a lower optim.lr)")
+        if not math.isfinite(loss_total):
+            raise TrainingDiverged(f"loss is {loss_total} at step {step}; stopping without checkpointing this "
+                                   f"state. {last_good}")
+        if self.spike.action == "stop" and self.spike.is_spike(lm_loss):
+            raise TrainingDiverged(f"{self.spike.describe(step, lm_loss)}; stopping without checkpointing this "
+                                   f"state. {last_good}; optim.spike_guard=skip skips such steps instead")
+        if skipped:
+            _log(f"step {step} skipped (weights unchanged): {self.spike.describe(step, lm_loss)}")
+        else:
+            self.spike.observe(lm_loss)
+            self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity(),
+                                    eval_losses=self._heldout_for_rule(step))
+            new_weights = self.reweighter.maybe_update(step)
+            if new_weights is not None:
+                self.sampler.set_weights(new_weights)
         self.tokens_seen += int(count.sum().item())
         from megadrp.dro import mean_losses
 
         means, present = mean_losses(loss_sum, count)
-        return {"loss": loss_total, "lm_loss": lm_loss, "lr": lr, "extras": extras,
+        return {"loss": loss_total, "lm_loss": lm_loss, "lr": 0.0 if skipped else lr, "extras": extras,
+                "skipped": skipped,
                 "domain_loss": {d: float(m) for d, m, p in zip(cfg.data.domains, means, present) if p},
                 "tokens": int(count.sum().item())}
+
+    def _micro_spikes(self, tok_loss: torch.Tensor) -> bool:
+        """Collective (spike_guard=skip): whether this micro-batch's mean LM loss over every rank spikes."""
+        both = self.group.all_reduce_sum(torch.stack([tok_loss.detach().float().sum(),
+                                                      torch.tensor(float(tok_loss.numel()))]).cpu())
+        return self.spike.is_spike(float(both[0] / both[1].clamp(min=1)))
 
     def _token_losses(self, tokens: torch.Tensor, masks):
         """(fp32 per-token CE [B, T-1], the logits or None) of one forward: the CE fused with the LM head (no
@@ -277,6 +301,8 @@ class Trainer:
                "tokens_seen": self.tokens_seen,
                "domain_weights": dict(zip(self.cfg.data.domains, map(float, self.reweighter.weights))),
                "domain_loss": out["domain_loss"]}
+        if out.get("skipped"):
+            rec["skipped"] = True
         rec.update({k: v for k, v in out["extras"].items() if k != "lagrangian"})
         rec.update(self.mode.metrics(step))
         self.metrics.write(rec)
@@ -299,7 +325,9 @@ class Trainer:
                  "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
                  "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
-                 "mode_state": self.mode.state_dict(), "autocast": self.precision.autocast}
+                 "mode_state": self.mode.state_dict(), "autocast": self.precision.autocast,
+                 "data": self.plan.data_fingerprint or {},  # what the sampler positions index (resume_check)
+                 "spike_guard": self.spike.state_dict()}
         self._check_ranks_agree()
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
                                                self.plan.tokenizer_path)

@@ -9,7 +9,8 @@ Run before any process group or engine exists (megadrp/train.py), from the check
   the DRO method (all listed, with old -> new; `--allow-config-change` accepts them); other changes (lr,
   intervals, micro batch at the same global batch, ...) are listed and accepted;
 - the domains of a resume must be the checkpoint's, in its order (per-domain weights, sampler cursors and DRO
-  state are positional);
+  state are positional), and their binaries what the checkpoint recorded (sizes and a sampled checksum,
+  megadrp.data.fingerprint): the sampler's positions index that data (`--allow-config-change` accepts a change);
 - one history per run_dir (megadrp.trainer.run_history): a resume from a checkpoint older than the run_dir's
   later ones is refused unless `--branch` (they are moved aside, named), and a fresh run into a run_dir whose
   metrics.jsonl holds an earlier run's records without any checkpoint is refused (`--resume auto` moves them
@@ -95,9 +96,28 @@ def wipe_for_overwrite(run_dir) -> None:
     Path(run_dir, "metrics.jsonl").unlink(missing_ok=True)
 
 
+def check_data(state: dict, path: Path, cfg, data: Optional[dict], allow_change: bool,
+               note: Callable[[str], None]) -> None:
+    """Refuse a resume onto binaries other than those the checkpoint's sampler positions index."""
+    from megadrp.data.fingerprint import describe_change
+
+    saved = state.get("data") or {}  # absent in checkpoints of older versions: nothing to compare
+    changes = [describe_change(d, f"{cfg.data.prefix}_{d}", saved[d], data[d]) for d in cfg.data.domains
+               if d in saved and d in (data or {})]
+    changes = [c for c in changes if c]
+    if changes and not allow_change:
+        raise StartError(f"{'; '.join(changes)}. Checkpoint {path} holds the sampler's positions in the data it was "
+                         f"trained on; on other data they continue on sequences the run never saw in order (the "
+                         f"exact resume breaks). Restore those binaries (or point data.prefix at them), start a new "
+                         f"run_dir with --init-from {path}, or pass --allow-config-change to continue on the new data")
+    if changes:
+        note(f"--allow-config-change: continuing {path} on changed data: {'; '.join(changes)}")
+
+
 def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bool,
-                 note: Callable[[str], None] = print) -> None:
-    """Refuse a resume that would not continue the checkpoint's run (see the module docstring)."""
+                 note: Callable[[str], None] = print, data: Optional[dict] = None) -> None:
+    """Refuse a resume that would not continue the checkpoint's run (see the module docstring); ``data``: this
+    run's {domain: fingerprint} (Plan.data_fingerprint), compared with the checkpoint's."""
     saved = state.get("config") or {}
     saved_domains = list((saved.get("data") or {}).get("domains") or [])
     domains = list(cfg.data.domains)
@@ -107,6 +127,7 @@ def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bo
                          f"per-domain weights, sampler cursors and DRO state are kept by position, so a resume must "
                          f"list exactly "
                          f"{saved_domains}. For other domains start a new run_dir with --init-from {path}")
+    check_data(state, path, cfg, data, allow_change, note)
     guarded, other = config_changes(saved, to_dict(cfg))
     saved_world = state.get("world_size") or len(state.get("rng") or []) or None
     if saved_world:
@@ -137,7 +158,8 @@ def check_start(cfg, plan, overwrite: bool = False, allow_change: bool = False,
             check_fresh_start(cfg, overwrite)
         _check_weights(plan.weights_path)
         return None
-    check_resume(run_format.read_state(path), path, cfg, plan.world_size, allow_change, note)
+    check_resume(run_format.read_state(path), path, cfg, plan.world_size, allow_change, note,
+                 data=plan.data_fingerprint)
     check_one_history(cfg, path, branch)
     return path
 

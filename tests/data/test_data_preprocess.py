@@ -157,5 +157,13 @@ def test_cli_entry_point(tmp_path, tok_dir):
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "4 documents" in run.stdout and len(IndexedDataset(tmp_path / "o")) == 4
+    before = Path(f"{tmp_path / 'o'}.bin").read_bytes()
+    plain = [a for a in cmd if a != "--append-eod"]  # other bytes at the same prefix
+    again = subprocess.run(plain, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "o.bin" in again.stderr and "already exist: pass --overwrite" in again.stderr
+    assert Path(f"{tmp_path / 'o'}.bin").read_bytes() == before  # refused before anything was written
+    again = subprocess.run(plain + ["--overwrite"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert Path(f"{tmp_path / 'o'}.bin").read_bytes() != before and len(IndexedDataset(tmp_path / "o")) == 4
     bad = subprocess.run(cmd[:-2] + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--workers must be >= 1" in bad.stderr

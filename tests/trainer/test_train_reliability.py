@@ -213,8 +213,10 @@ def test_full_disk_and_read_only_checkpoints_say_so(base):
     assert f"previous checkpoint {ck / 'step_1'} is intact" in proc.stderr
     assert "step_1\n" in proc.stdout and ".tmp_step_2" not in proc.stdout  # latest; no debris left
     # Room for less than one checkpoint: DeepSpeed's own write fails ("basic_ios::clear"); the message says disk.
+    # (The first attempt's checkpoints went with its namespace, its metrics stayed: --resume auto, as exit 4 advises,
+    # sets them aside rather than appending to them.)
     proc = _in_namespace(tmp, f"mount -t tmpfs -o size={step_bytes // 3} tmpfs {ck}", config, "optim.max_steps=1",
-                         after=f"ls -a {ck}")
+                         "--resume", "auto", after=f"ls -a {ck}")
     assert "rc=4" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no space left on the device" in proc.stderr and "No earlier checkpoint" in proc.stderr
     assert ".tmp_step_1" not in proc.stdout

@@ -29,7 +29,7 @@ for split in train heldout; do
   if [ $missing = 1 ]; then
     inputs=(); for d in $DOMAINS; do inputs+=(".cache/corpus/$split/$d.jsonl"); done
     $PY -m megadrp preprocess --input "${inputs[@]}" --output-prefix "$MODEL_BINS/$split" --tokenizer "$MODEL" \
-      --append-eod --per-domain --workers 2 --no-progress
+      --append-eod --per-domain --workers 2 --no-progress --overwrite  # some are missing: rebuild the set
   fi
 done
 for need in "$MODEL/model.safetensors" .cache/corpus/manifest.json .cache/corpus_unseen/manifest.json; do
