@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Optional
@@ -57,6 +58,14 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def plain_file_mode(path) -> None:
+    """Give a file the mode the process's umask gives any new file (0644 under the usual 022): safetensors'
+    writer creates its files 0600, which left model and state files unreadable to the group alone."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_state(folder, state: dict) -> None:
     """megadrp's state of a checkpoint into ``folder``: the tensors first, the JSON (the marker) last."""
     from safetensors.torch import save_file
@@ -65,7 +74,7 @@ def write_state(folder, state: dict) -> None:
     tree, tensors = encode(state)
     doc = {"format": FORMAT_VERSION, "state": tree}
     text = json.dumps(doc, indent=1)  # allow_nan: a NaN metric survives (as the JSON extension NaN)
-    _atomic_write(folder / STATE_TENSORS, lambda p: save_file(tensors, str(p)))
+    _atomic_write(folder / STATE_TENSORS, lambda p: (save_file(tensors, str(p)), plain_file_mode(p)))
     _atomic_write(folder / STATE_FILE, lambda p: p.write_text(text, encoding="utf-8"))
 
 
@@ -135,14 +144,49 @@ def write_manifest(folder, digests: dict) -> None:
 
 
 def read_manifest(folder) -> Optional[dict]:
-    """``{name: {"sha256", "bytes"}}``, or None when the checkpoint has no manifest (older versions)."""
+    """``{name: {"sha256", "bytes"}}``, or None when the checkpoint has no manifest (older versions). A name
+    that leads outside the folder (absolute, or with '..') is refused: verifying it would read another file."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["files"]
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        names = list(files)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise RunFormatError(f"{path} is damaged ({err}): the checkpoint cannot be verified") from err
+    outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
+    if outside:
+        raise RunFormatError(f"{path} lists {outside[:3]}, outside the checkpoint folder: not a manifest megadrp "
+                             f"wrote; use a checkpoint your own run wrote")
+    return files
+
+
+def foreign_entries(folder, unlisted: bool = True) -> list:
+    """Problems (one line each) of what a checkpoint folder holds besides plain files and folders, and of files
+    its manifest does not list; [] when there are none.
+
+    A checkpoint is untrusted input: a symbolic link would make megadrp read (hash, load, copy into an export,
+    upload) a file outside it, a FIFO or device would make it wait forever, and a file added after the checkpoint
+    was written is not covered by its checksums. `universal/` (written later by an elastic resume) is exempt from
+    the listing, not from the rest."""
+    folder = Path(folder)
+    listed = read_manifest(folder) if unlisted else None
+    problems = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(root, name)
+            rel = str(path.relative_to(folder))
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                problems.append(f"{path} is a symbolic link (to {os.readlink(path)}); a checkpoint holds plain "
+                                f"files only")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                problems.append(f"{path} is not a regular file (a FIFO, socket or device)")
+            elif (stat.S_ISREG(mode) and listed is not None and rel not in listed and name != MANIFEST
+                  and not name.startswith(".") and not rel.startswith("universal" + os.sep)):
+                problems.append(f"{path} is not listed in {MANIFEST} (added after the checkpoint was written)")
+        dirs[:] = [d for d in dirs if not Path(root, d).is_symlink()]
+    return problems
 
 
 def verify_manifest(folder, names: Optional[list] = None) -> list:
@@ -200,7 +244,11 @@ def check_deepspeed_files(folder, names: Optional[list] = None) -> None:
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # noqa: BLE001 - any failure of the restricted load means: not plain data
             found = re.search(r"Unsupported (global|operand)[^.]*", str(err))
-            what = found.group(0) if found else f"{type(err).__name__}: {str(err)[:200]}"
+            if not found:  # no forbidden class named: the file does not read at all (truncated, not a zip, ...)
+                raise RunFormatError(
+                    f"{path} cannot be read as a checkpoint file ({type(err).__name__}: {str(err)[:200]}): it is "
+                    f"truncated or damaged. Use an intact checkpoint (an earlier step_N)") from err
+            what = found.group(0)
             raise RunFormatError(
                 f"{path} is not plain checkpoint data ({what}); DeepSpeed would unpickle it with code "
                 f"execution allowed, so megadrp refuses to load it. Use a checkpoint your own run wrote; if this "
@@ -224,14 +272,18 @@ def write_latest(run_dir, tag: str) -> None:
 
 
 def read_latest(run_dir) -> Optional[Path]:
-    """The folder `latest` names (it may be incomplete or gone), or None when there is no pointer."""
+    """The folder `latest` names (it may be incomplete or gone), or None when there is no pointer, or when it
+    points anywhere but at a step_N folder of this checkpoints folder (an absolute path, '..', another run:
+    following it would resume, export or evaluate something outside the run directory)."""
     ck, latest = checkpoints_dir(run_dir), checkpoints_dir(run_dir) / LATEST
-    if latest.is_dir():  # a symlink to the newest step_N
-        return latest.resolve()
-    if not latest.is_file():
+    if latest.is_symlink():  # a link to the newest step_N (other tools write one): only to a sibling
+        target = Path(os.readlink(latest))
+        tag = target.name if target.parent in (Path("."), Path(""), ck) else ""
+    elif latest.is_file():
+        tag = latest.read_text(encoding="utf-8", errors="replace").strip()[:200]
+    else:
         return None
-    tag = latest.read_text(encoding="utf-8", errors="replace").strip()
-    return Path(tag) if Path(tag).is_absolute() else ck / tag
+    return ck / tag if _STEP_DIR.match(tag) else None
 
 
 def is_complete(folder) -> bool:
@@ -270,7 +322,9 @@ def resolve(spec: Optional[str], run_dir, note=print) -> Optional[Path]:
     if pointed is not None and (is_complete(pointed) or (pointed / LEGACY_STATE).is_file()):
         return pointed
     if newest is not None:
-        why = "is missing" if pointed is None else f"names {pointed.name}, which is not complete"
+        exists = os.path.lexists(checkpoints_dir(run_dir) / LATEST)
+        why = (f"names {pointed.name}, which is not complete" if pointed is not None else
+               "does not name a step_N folder of this run (ignored)" if exists else "is missing")
         note(f"{checkpoints_dir(run_dir) / LATEST} {why}; resuming from the newest complete checkpoint, {newest}")
     return newest
 

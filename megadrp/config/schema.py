@@ -9,6 +9,7 @@ the model code, which knows the source.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -318,6 +319,21 @@ class DistillConfig:
         return self.alpha > 0
 
 
+def _check_run_dir(run_dir) -> None:
+    """A run writes only under the folder it names: an empty name (the current directory, silently), a '~' no
+    shell expanded (a folder literally named ~), control characters or an existing file are refused."""
+    text = str(run_dir if run_dir is not None else "")
+    if not text.strip():
+        raise ConfigError("run_dir", run_dir, "is empty; name the run's folder, e.g. run_dir=runs/my_run")
+    if text.startswith("~"):
+        raise ConfigError("run_dir", run_dir, "starts with '~', which no shell expanded (it was quoted, or came from "
+                          "YAML), so megadrp would make a folder named '~'; write the full path")
+    if any(ord(c) < 32 for c in text):
+        raise ConfigError("run_dir", run_dir, "contains a control character (a newline or tab?); fix the path")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ConfigError("run_dir", run_dir, "is a file, not a folder; choose a folder for the run")
+
+
 @dataclass
 class StagesConfig:
     """What `megadrp run` does with the recipe (megadrp/recipe/runner.py); the training modes never read it."""
@@ -369,6 +385,7 @@ class RunConfig:
 
     def check(self, prefix: str = ""):
         """Validate every section; raises ConfigError on the first bad field."""
+        _check_run_dir(self.run_dir)
         for name in ("model", "pruning", "data", "dro", "optim", "deepspeed", "checkpoint", "logging", "export",
                      "eval", "dress", "distill", "stages"):
             getattr(self, name).check(name)

@@ -118,8 +118,31 @@ def _check_request(args, models: dict[str, str], tasks: list[str]) -> str | None
     if args.update_card and not _card_folders(models):
         return ("--update-card: none of the models is a `megadrp export` folder (with megadrp_export.json); "
                 "export the checkpoint first and evaluate the folder")
+    if args.output:
+        problem = _output_problem(Path(args.output))
+        if problem:
+            return problem
     check_include_path(args.include_path)
     return unknown_task_message(tasks, args.include_path)
+
+
+def _output_problem(out: Path) -> str | None:
+    """--output may replace only an earlier results file of `megadrp eval` (a JSON object with "models"), never
+    another file (a model's weights, its config, anything of the user's)."""
+    if not out.exists():
+        return None
+    if out.is_dir():
+        return f"--output {out} is a folder; give a file name, e.g. {out / 'eval.json'}"
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(1 << 20)
+        ours = isinstance(json.loads(head.decode("utf-8")).get("models"), dict)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        return (f"--output {out} exists and is not a results file of megadrp eval: refusing to replace it. Give a "
+                f"new file name (an earlier eval.json is replaced)")
+    return None
 
 
 def _text_files(specs: list[str]) -> dict[str, list[str]] | None:

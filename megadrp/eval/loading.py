@@ -34,6 +34,9 @@ def resolve_model_dir(path, scratch_dir) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is neither a Hugging Face model folder (config.json) nor a megadrp "
                                 f"checkpoint ({STATE_FILE})")
+    from megadrp.model.lazy_weights import check_weight_files
+
+    check_weight_files(path)  # before transformers, whose error names neither the folder nor the file
     return path
 
 

@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"megadrp export: {err}", file=sys.stderr)
         return 2
+    if args.push_to_hub:  # before the export: an upload without a token fails only after minutes of work
+        from megadrp.export.hub import find_token
+
+        if find_token() is None:
+            print(f"megadrp export: --push-to-hub {args.push_to_hub} needs a Hugging Face token with write access, "
+                  f"and there is none: set HF_TOKEN (or run `hf auth login`), then run this again. Nothing was "
+                  f"exported", file=sys.stderr)
+            return 2
     try:
         out = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
                                 eval_json=args.eval_json, progress=not args.no_progress)

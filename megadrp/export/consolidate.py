@@ -42,17 +42,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def verify_checkpoint(ckpt: Path) -> None:
     """Refuse a checkpoint whose files no longer match their checksums, or whose DeepSpeed files would run code."""
-    try:
+    try:  # checksums first: a truncated shard is damage, and the restricted load would only see "not plain data"
+        foreign = run_format.foreign_entries(ckpt)  # links, FIFOs, unlisted files: before anything is read
         problems = run_format.verify_manifest(ckpt) if run_format.read_manifest(ckpt) is not None else None
-        run_format.check_deepspeed_files(ckpt)
     except run_format.RunFormatError as err:
         raise ExportError(str(err)) from err
+    if foreign:
+        raise ExportError(f"checkpoint {ckpt} holds what its run did not write: {'; '.join(foreign[:5])}. Export "
+                          f"a checkpoint as its run wrote it")
     if problems is None:
         log.warning("%s has no %s: its files cannot be verified", ckpt, run_format.MANIFEST)
     elif problems:
         older = [p for p in run_format.list_checkpoints(ckpt.parent.parent) if p.name != ckpt.name]
         raise ExportError(f"checkpoint {ckpt} is damaged: {'; '.join(problems)}. Export an intact one"
                           + (f", e.g. {older[-1]}" if older else ""))
+    try:
+        run_format.check_deepspeed_files(ckpt)
+    except run_format.RunFormatError as err:
+        raise ExportError(str(err)) from err
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
@@ -98,6 +105,10 @@ def consolidate(ckpt: Path) -> dict[str, torch.Tensor]:
 def load_checkpoint_for_export(ckpt_or_run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(internal fp32 state dict, megadrp state) of a checkpoint; ``state["checkpoint_dir"]`` is its folder."""
     ckpt = resolve_checkpoint(ckpt_or_run_dir)
+    links = run_format.foreign_entries(ckpt, unlisted=False)  # nothing is read through a link or from a FIFO
+    if links:
+        raise ExportError(f"checkpoint {ckpt} holds what its run did not write: {'; '.join(links[:5])}. Export a "
+                          f"checkpoint as its run wrote it")
     state = read_state(ckpt)
     verify_checkpoint(ckpt)  # before DeepSpeed's consolidation unpickles its shards
     sd = consolidate(ckpt)

@@ -8,6 +8,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def find_token() -> str | None:
+    """The token an upload would use: HF_TOKEN, else huggingface_hub's saved login; None when there is none."""
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token() or None
+
+
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
     """Create ``repo_id`` if needed and upload ``folder``; returns the commit URL.
 

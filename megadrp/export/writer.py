@@ -4,7 +4,9 @@ The folder loads with stock ``AutoModelForCausalLM.from_pretrained`` and no remo
 config class with the achieved shape and an explicit ``head_dim``. Weights are written shard by shard with
 huggingface_hub's splitter and safetensors (no model is instantiated, so a 70B export needs no second copy).
 Everything goes into a temporary sibling folder that is renamed into place last, so a crash never leaves a
-half-written export where a loader would find it.
+half-written export where a loader would find it. The marker file (megadrp_export.json) lists every file the
+export wrote ("files"); replacing an earlier export removes only those, and files a user added to that folder
+since (notes, eval results) are carried over into the new one (a name the new export also writes is refused).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from megadrp.data.tokenizer_files import GENERATION_CONFIG, copy_model_files
 from megadrp.export.surgery import ExportError
 from megadrp.model.families import get_family
+from megadrp.run_format import plain_file_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,6 +61,7 @@ def save_weights(hf_sd: Mapping[str, torch.Tensor], folder: Path, dtype: str, ma
     for name, keys in tqdm(files, desc="writing safetensors", unit="shard", disable=not progress):
         shard = {k: hf_sd[k].detach().to("cpu", target).contiguous() for k in keys}
         save_file(shard, str(folder / name), metadata={"format": "pt"})
+        plain_file_mode(folder / name)  # 0644 like the rest of the folder, not safetensors' 0600
         del shard
     if split.is_sharded:
         total = sum(t.numel() * t.element_size() for t in meta.values())
@@ -123,8 +127,43 @@ class AtomicFolder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        theirs = _unlisted_files(self.out) if self.out.exists() else []
+        clash = [n for n in theirs if (self.tmp / n).exists()]
+        if clash:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise ExportError(f"--output {self.out} holds {clash}, which megadrp did not write there and the new "
+                              f"export would replace: move them out of the folder, then export again")
+        list_export_files(self.tmp)
         old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
         if self.out.exists():
             self.out.rename(old)
         self.tmp.rename(self.out)
+        for name in theirs:  # the user's own files stay where they were
+            (self.out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old / name, self.out / name)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def list_export_files(folder: Path) -> None:
+    """Record in the marker every file of the finished export (the marker itself included); called again by a
+    writer that adds a file after the folder is in place (oneshot's scores)."""
+    marker = folder / EXPORT_MARKER
+    doc = json.loads(marker.read_text()) if marker.is_file() else {}
+    doc["files"] = sorted(set(_files(folder)) | {EXPORT_MARKER})
+    marker.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def _unlisted_files(folder: Path) -> list[str]:
+    """Files of an earlier export folder that its marker does not list: not megadrp's, kept on replace. A marker
+    of an older megadrp without a list: every file counts as the export's (replaced as before)."""
+    try:
+        listed = json.loads((folder / EXPORT_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if listed is None:
+        return []
+    return [n for n in _files(folder) if n not in set(listed)]

@@ -76,6 +76,9 @@ def oneshot_prune(cfg, out_dir: Path, log=print) -> Path:
     record = {"criterion": cfg.dress.criterion, "calibration_tokens": tokens, "calibration_sequences": rows,
               "removed": removed_indices(masks), "scores": {k: v.tolist() for k, v in scores.items()}}
     Path(out, SCORES_FILE).write_text(json.dumps(record))
+    from megadrp.export.writer import list_export_files
+
+    list_export_files(Path(out))  # the scores are megadrp's too: replaced, not kept, by a later --overwrite
     return Path(out)
 
 
@@ -91,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, [*args.overrides, "mode=oneshot"])
         out = Path(args.output or Path(cfg.run_dir) / PRUNED)
+        from megadrp.export.writer import check_output_folder
+
+        check_output_folder(out)  # before the scoring pass: a folder megadrp did not write is never replaced
         if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise ConfigError("--output", str(out), "already holds a model; pass --overwrite to replace it "
-                              "(only a folder megadrp wrote is replaced)")
+            raise ConfigError("--output", str(out), "holds an earlier one-shot model; pass --overwrite to replace "
+                              "it (files you added to it are kept)")
         written = oneshot_prune(cfg, out, log=lambda msg: print(f"[megadrp] oneshot: {msg}", flush=True))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"megadrp oneshot: {err}", file=sys.stderr)

@@ -43,8 +43,15 @@ def resolve_family(path_or_config: Union[PathLike, dict], family: str = "auto") 
 
 
 def read_shape(path: PathLike, family: str = "auto") -> Tuple[ModelShape, Family]:
+    """(shape, family) of an HF folder: the family first, so a model of another architecture (GPT-2, ...) is named
+    as an unsupported model_type rather than by the first field it lacks."""
     cfg = read_hf_config(path)
-    return ModelShape.from_hf_config(cfg), resolve_family(cfg, family)
+    fam = resolve_family(cfg, family)
+    try:
+        return ModelShape.from_hf_config(cfg), fam
+    except KeyError as err:
+        raise ValueError(f"{Path(path) / 'config.json'} lacks the field {err.args[0]!r}, which a {fam.model_type} "
+                         f"config.json has; restore the model's config.json (download it again)") from None
 
 
 def load_pretrained(path: PathLike, family: str = "auto", dtype: torch.dtype = torch.float32,

@@ -139,6 +139,27 @@ def read_hf_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or their index json in {p}")
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_weight_files(path) -> None:
+    """Refuse, naming the file, a folder without weights, or whose safetensors files are missing or do not open
+    (a truncated download): their headers are read, not their tensors."""
+    p = Path(path)
+    if not any((p / n).is_file() for n in WEIGHT_FILES):
+        raise FileNotFoundError(f"{p} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)}): download "
+                                f"or copy the whole model folder")
+    if not ((p / "model.safetensors.index.json").is_file() or (p / "model.safetensors").is_file()):
+        return
+    for f in sorted(set(_safetensors_files(p).values())):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is listed in {p / 'model.safetensors.index.json'} but missing: download or "
+                                    f"copy the whole model folder")
+        with _safe_open(f):
+            pass
+
+
 def shape_of(weights: Mapping, key: str) -> Tuple[int, ...]:
     """Shape of ``weights[key]``, from the header when the mapping is lazy."""
     return weights.shape(key) if hasattr(weights, "shape") else tuple(weights[key].shape)

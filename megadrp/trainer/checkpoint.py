@@ -124,6 +124,12 @@ def verify(path: Path) -> list:
 
     Every rank checks its share of the files; every rank gets the same list."""
     path = Path(path)
+    try:  # links, special files, unlisted files: refused before any of them is read (every rank sees the same)
+        foreign = run_format.foreign_entries(path)
+    except run_format.RunFormatError as err:
+        foreign = [str(err)]
+    if foreign:
+        return foreign
     mine = []
     files = run_format.read_manifest(path)
     if files is None:  # not written by a megadrp save (assembled by hand?): say so, and go on
