@@ -16,12 +16,12 @@ import subprocess
 import sys
 
 import pytest
-from test_train_fixtures import REPO, run_env
-from test_train_reliability import base, copy_run, refresh_manifest  # noqa: F401 - base: a 2-step prune run
 
 from megadrp import run_format
 from megadrp.export import ExportError, export_checkpoint
 from megadrp.trainer import checkpoint
+from tests.helpers.train_runs import REPO, run_env
+from tests.trainer.test_train_reliability import base, copy_run, refresh_manifest  # noqa: F401 - base: a 2-step prune run
 
 
 def test_latest_pointing_outside_the_run_is_ignored(base, tmp_path):  # noqa: F811

@@ -66,8 +66,7 @@ def test_eval_refuses_a_corpus_missing_a_manifest_domain(tmp_path):
 
 def test_model_folder_errors_name_the_file(tmp_path):
     from megadrp.model import read_shape
-    from megadrp.model.lazy_weights import read_hf_state_dict
-    from megadrp.model.lazy_weights import open_hf_weights
+    from megadrp.model.lazy_weights import open_hf_weights, read_hf_state_dict
 
     model = make_tiny_hf_model(tmp_path, "llama", with_tokenizer=False, num_hidden_layers=1)
     weights = model / "model.safetensors"

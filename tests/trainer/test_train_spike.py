@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_fixtures import read_metrics
-from test_train_reliability import train
 
 from megadrp.trainer.spike_guard import SpikeGuard
+from tests.helpers.train_runs import read_metrics
+from tests.trainer.test_train_reliability import train
 
 RUN = {"optim": {"max_steps": 4, "micro_batch_size": 2, "gradient_accumulation_steps": 2},
        "checkpoint": {"save_interval": 1, "keep_last": 5}}
@@ -19,14 +19,14 @@ RUN = {"optim": {"max_steps": 4, "micro_batch_size": 2, "gradient_accumulation_s
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from test_train_fixtures import make_workspace
+    from tests.helpers.train_runs import make_workspace
 
     tmp = tmp_path_factory.mktemp("spike")
     return {"tmp": tmp, **make_workspace(tmp)}
 
 
 def _config(ws, name, **sections):
-    from test_train_fixtures import write_config
+    from tests.helpers.train_runs import write_config
 
     merged = {k: dict(v) for k, v in RUN.items()}
     for section, values in sections.items():

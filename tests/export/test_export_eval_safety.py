@@ -14,13 +14,13 @@ import stat
 
 import huggingface_hub.constants
 import pytest
-from test_eval_fixtures import write_corpus
-from test_train_fixtures import write_config
-from test_train_reliability import base, copy_run  # noqa: F401 - base: a 2-step prune run (1 rank, tiny model)
 
 from megadrp.cli import main
 from megadrp.export import ExportError, export_checkpoint
 from megadrp.export.writer import EXPORT_MARKER
+from tests.helpers.model_folders import write_corpus
+from tests.helpers.train_runs import write_config
+from tests.trainer.test_train_reliability import base, copy_run  # noqa: F401 - base: a 2-step prune run (1 rank, tiny model)
 
 
 def _mode(path) -> int:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-from test_train_fixtures import read_metrics
-from test_train_reliability import base, copy_run, train  # noqa: F401 - base: the module's 2-step run
 
 from megadrp import run_format
 from megadrp.data.fingerprint import BLOCK, fingerprint
+from tests.helpers.train_runs import read_metrics
+from tests.trainer.test_train_reliability import base, copy_run, train  # noqa: F401 - base: the module's 2-step run
 
 
 def test_resume_onto_replaced_binaries_is_refused_naming_the_domain(base, tmp_path):  # noqa: F811

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 
-from test_train_fixtures import read_metrics
-from test_train_reliability import base, copy_run, train  # noqa: F401 - base: the module's 2-step run
-
 from megadrp import run_format
+from tests.helpers.train_runs import read_metrics
+from tests.trainer.test_train_reliability import base, copy_run, train  # noqa: F401 - base: the module's 2-step run
 
 
 def _abandoned(run):
