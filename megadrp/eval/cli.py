@@ -118,30 +118,34 @@ def _check_request(args, models: dict[str, str], tasks: list[str]) -> str | None
     if args.update_card and not _card_folders(models):
         return ("--update-card: none of the models is a `megadrp export` folder (with megadrp_export.json); "
                 "export the checkpoint first and evaluate the folder")
-    if args.output:
-        problem = _output_problem(Path(args.output))
+    for given, kind in ((args.output, "results"), (args.markdown, "markdown")):
+        problem = _output_problem(Path(given), kind) if given else None
         if problem:
             return problem
     check_include_path(args.include_path)
     return unknown_task_message(tasks, args.include_path)
 
 
-def _output_problem(out: Path) -> str | None:
-    """--output may replace only an earlier results file of `megadrp eval` (a JSON object with "models"), never
-    another file (a model's weights, its config, anything of the user's)."""
+def _output_problem(out: Path, kind: str) -> str | None:
+    """--output / --markdown may replace only an earlier file of `megadrp eval` (results: a JSON object with
+    "models"; markdown: its report's first line), never another file (a model's weights or card, the user's)."""
+    flag, example = ("--output", "eval.json") if kind == "results" else ("--markdown", "eval.md")
     if not out.exists():
         return None
     if out.is_dir():
-        return f"--output {out} is a folder; give a file name, e.g. {out / 'eval.json'}"
+        return f"{flag} {out} is a folder; give a file name, e.g. {out / example}"
     try:
         with open(out, "rb") as fh:
-            head = fh.read(1 << 20)
-        ours = isinstance(json.loads(head.decode("utf-8")).get("models"), dict)
+            head = fh.read(1 << 20).decode("utf-8")
+        if kind == "results":
+            ours = isinstance(json.loads(head).get("models"), dict)
+        else:
+            ours = head.split("\n", 1)[0] in ("# Held-out evaluation", "# Evaluation")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         ours = False
     if not ours:
-        return (f"--output {out} exists and is not a results file of megadrp eval: refusing to replace it. Give a "
-                f"new file name (an earlier eval.json is replaced)")
+        return (f"{flag} {out} exists and is not a {kind} file of megadrp eval: refusing to replace it. Give a new "
+                f"file name (an earlier {example} of megadrp eval is replaced)")
     return None
 
 

@@ -86,9 +86,15 @@ def test_eval_output_never_replaces_a_file_it_did_not_write(base, tmp_path, caps
                  str(model / "model.safetensors")]) == 2
     assert "is not a results file of megadrp eval: refusing to replace it" in capsys.readouterr().err
     assert (model / "model.safetensors").read_bytes() == weights
-    results = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(model), "--corpus", str(corpus), "--output", str(results)]) == 0
-    assert main(["eval", "--model", str(model), "--corpus", str(corpus), "--output", str(results)]) == 0  # its own
+    (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# My model\n")
+    card = (model / "README.md").read_text()
+    assert main(["eval", "--model", str(model), "--corpus", str(corpus), "--markdown", str(model / "README.md")]) == 2
+    assert "is not a markdown file of megadrp eval" in capsys.readouterr().err
+    assert (model / "README.md").read_text() == card
+    results, md = tmp_path / "eval.json", tmp_path / "eval.md"
+    for _ in range(2):  # its own files it replaces
+        assert main(["eval", "--model", str(model), "--corpus", str(corpus), "--output", str(results),
+                     "--markdown", str(md)]) == 0
 
 
 def test_model_config_errors_name_the_model_type_or_the_field(tmp_path):
@@ -115,3 +121,20 @@ def test_oneshot_refuses_a_users_folder_before_scoring(base, tmp_path, capsys): 
         out = capsys.readouterr()
         assert "was not written by megadrp export" in out.err and "scoring" not in out.out
     assert (mine / "thesis.tex").read_text() == "months of work"
+
+
+def test_a_user_file_the_new_export_would_replace_is_refused(tmp_path):
+    from megadrp.export.writer import AtomicFolder
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / EXPORT_MARKER).write_text(json.dumps({"files": ["config.json", EXPORT_MARKER]}))
+    (out / "config.json").write_text("{}")
+    (out / "notes.md").write_text("mine")  # added by the user; the new export writes a notes.md of its own
+    with pytest.raises(ExportError, match=r"holds \['notes.md'\], which megadrp did not write"):
+        with AtomicFolder(out) as tmp:
+            (tmp / "config.json").write_text('{"new": 1}')
+            (tmp / "notes.md").write_text("megadrp's")
+            (tmp / EXPORT_MARKER).write_text("{}")
+    assert (out / "notes.md").read_text() == "mine" and (out / "config.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary folder left
