@@ -227,8 +227,8 @@ class Trainer:
 
     def _micro_spikes(self, tok_loss: torch.Tensor) -> bool:
         """Collective (spike_guard=skip): whether this micro-batch's mean LM loss over every rank spikes."""
-        both = self.group.all_reduce_sum(torch.stack([tok_loss.detach().float().sum(),
-                                                      torch.tensor(float(tok_loss.numel()))]).cpu())
+        both = self.group.all_reduce_sum(torch.stack([tok_loss.detach().float().sum().cpu(),  # host: on GPUs too
+                                                      torch.tensor(float(tok_loss.numel()))]))
         return self.spike.is_spike(float(both[0] / both[1].clamp(min=1)))
 
     def _token_losses(self, tokens: torch.Tensor, masks):
