@@ -79,7 +79,18 @@ def check_fresh_start(cfg, overwrite: bool) -> None:
 
 
 def check_one_history(cfg, path: Path, branch: bool) -> None:
-    """Refuse a resume from a checkpoint older than the run_dir's later ones, unless --branch."""
+    """Refuse a resume from a checkpoint older than the run_dir's later ones, unless --branch; and one from
+    another run directory into a run_dir that holds a history of its own."""
+    own = run_format.checkpoints_dir(cfg.run_dir).resolve()
+    if Path(path).resolve().parent != own:
+        found = run_format.list_checkpoints(cfg.run_dir, complete=False)
+        records = run_history.metrics_records(cfg.run_dir)
+        if found or records:
+            raise StartError(f"checkpoint {path} belongs to another run directory, and run_dir {cfg.run_dir} holds "
+                             f"a run of its own ({len(found)} checkpoints, {records} metrics records): continuing "
+                             f"{path} here would mix the two. Resume it in its own run directory, or into a new "
+                             f"(empty) run_dir")
+        return
     later = run_history.later_checkpoints(cfg.run_dir, path)
     if later and not branch:
         names = ", ".join(p.name for p in later)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from megadrp import run_format
 from tests.helpers.train_runs import read_metrics
 from tests.trainer.test_train_reliability import base, copy_run, train  # noqa: F401 - base: the module's 2-step run
@@ -55,3 +57,17 @@ def test_metrics_without_a_checkpoint_are_never_appended_to(base):  # noqa: F811
     assert [r["step"] for r in read_metrics(run)] == [1, 2]  # one run's records, not 1, 2, 1, 2
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(first)
     assert (_abandoned(run) / "metrics.jsonl").read_text().splitlines() == first
+
+
+def test_a_checkpoint_of_another_run_never_continues_into_this_ones_history(base, tmp_path):  # noqa: F811
+    from megadrp.config import load_config
+    from megadrp.trainer.resume_check import StartError, check_one_history
+
+    mine, config = copy_run(base, "mine")
+    other, _ = copy_run(base, "other")
+    cfg = load_config(str(config))
+    with pytest.raises(StartError, match=r"belongs to another run directory.*2 checkpoints, \d+ metrics records"):
+        check_one_history(cfg, other / "checkpoints" / "step_1", branch=True)
+    check_one_history(cfg, mine / "checkpoints" / "step_2", branch=False)  # its own newest: fine
+    empty = load_config(str(config), [f"run_dir={tmp_path / 'fresh'}"])
+    check_one_history(empty, other / "checkpoints" / "step_1", branch=False)  # into a new run_dir: fine
