@@ -167,11 +167,13 @@ def gap_table(summary: dict, domains: list[str], source: dict) -> str:
 
 
 def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], setup: str,
-                  unseen: tuple[dict, list[str]] | None = None, status: str | None = None) -> str:
+                  unseen: tuple[dict, list[str]] | None = None, status: str | None = None,
+                  timing: dict | None = None) -> str:
     """RUN_DIR/results.md (tables and reading) and results.json (every number); returns the markdown.
 
     ``unseen``: (the source's result, the domains) of the corpus no run trained on, whose per-run results are
-    ``runs[method][seed]["unseen"]``. ``status``: a first line saying the run is partial, and why."""
+    ``runs[method][seed]["unseen"]``. ``status``: a first line saying the run is partial, and why. ``timing``:
+    the plan's estimate beside what the runs took (tools/experiment.py --parallel), a section of its own."""
     final, cut = summarize(runs, domains, "final"), summarize(runs, domains, "cut")
     tokens = {m: {s: r["tokens"] for s, r in seeds.items()} for m, seeds in runs.items()}
     sections = [
@@ -202,6 +204,9 @@ def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], se
     if any(seconds.values()):
         sections.append("## Wall seconds per run (training and export; 0 when cached)\n\n" +
                         "\n".join(f"- {m}: {t}" for m, t in seconds.items() if t))
+    if timing:
+        sections.append("## Timing: estimated before the start, measured\n\n" + "\n".join(
+            f"- {k}: {v}" for k, v in timing.items()))
     sections.append(setup)
     md = "\n\n".join(sections) + "\n"
     os.makedirs(run_dir, exist_ok=True)
@@ -210,5 +215,5 @@ def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], se
     with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as fh:
         json.dump({"setup": setup, "status": status or "complete", "source": source,
                    "unseen_source": unseen[0] if unseen else None,
-                   "summary": summary, "runs": runs}, fh, indent=1)
+                   "summary": summary, "runs": runs, "timing": timing}, fh, indent=1)
     return md

@@ -33,6 +33,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(_package_dir.parent))
 
 
+# True while several stages run in one process (megadrp/experiments/pipeline.py, run_in_process): the process
+# group then outlives each run, since DeepSpeed caches groups made from it (a second deepspeed.initialize after a
+# destroy_process_group fails: "Group ... is not registered").
+KEEP_PROCESS_GROUP = False
+
+
 def _parser(prog: str, with_launch: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML recipe (configs/); dotted key=value overrides follow")
@@ -147,7 +153,7 @@ def run(argv: list[str], mode: str | None = None) -> int:
             lock.release()
         import torch.distributed as tdist
 
-        if tdist.is_initialized():
+        if tdist.is_initialized() and not KEEP_PROCESS_GROUP:
             tdist.destroy_process_group()
 
 

@@ -32,6 +32,7 @@ no verdict).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import comparison as cmp  # noqa: E402
+from experiments import parallel as par  # noqa: E402
 from megadrp.recipe import stages as pl  # noqa: E402
 
 METHODS = {
@@ -58,15 +60,17 @@ TARGETS = {
                 "num_hidden_layers": 24},
 }
 # Sized by measured step times (docs/RESULTS.md): prune ~11 s, recovery ~4-6 s a step on 2 CPU ranks at
-# 2 x 128 tokens (LM loss only: at equal time it beat distillation there); one GPU at 16 x 512 tokens, where the
-# steps are a guess (never run on a GPU): at the 15k tokens/s once measured under ZeRO-3 on an H100 a run of
-# 100 + 60 steps trains for ~90 s; the first GPU run's "Wall seconds per run" should resize them.
+# 2 x 128 tokens (LM loss only: at equal time it beat distillation there). The GPU budget is sized by
+# configs/gpu_timings.json, the first H200 run's measurements: the extreme target, 5 runs at once, each run one
+# process; recovery on the LM loss alone, as on the CPU (the teacher's forward would cost ~1/3 more a step).
 BUDGETS = {
     "cpu": {"steps": 12, "cpt_steps": 24, "seeds": [1, 2], "nproc": 2, "distill_alpha": 0.0, "time_limit": 5400,
             "overrides": []},
-    "gpu": {"steps": 100, "cpt_steps": 60, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.5, "device": "cuda",
-            "time_limit": 480, "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
-                          "data.seq_length=512", "optim.micro_batch_size=16", "logging.wandb_mode=disabled"]},
+    "gpu": {"steps": 200, "cpt_steps": 120, "seeds": [1, 2], "nproc": 1, "distill_alpha": 0.0, "device": "cuda",
+            "time_limit": 500, "target": "extreme", "parallel": 5, "timings": "configs/gpu_timings.json",
+            "overrides": ["deepspeed.config=ds_configs/auto.json", "deepspeed.precision=bf16",
+                          "data.seq_length=512", "optim.micro_batch_size=16", "logging.wandb_mode=disabled",
+                          "dro.update_interval=10", "logging.log_interval=10"]},
 }
 
 
@@ -109,7 +113,7 @@ def _apply_budget(args) -> None:
     """Fill every option the user left unset from the budget's preset."""
     preset = BUDGETS.get(args.budget, {})
     defaults = {"steps": 40, "cpt_steps": 0, "seeds": [1], "nproc": 2, "distill_alpha": 0.0, "device": None,
-                "time_limit": None}
+                "time_limit": None, "target": "default", "parallel": 1, "timings": None}
     for key, default in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, preset.get(key, default))
@@ -120,6 +124,7 @@ def _apply_budget(args) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     pl.add_common_args(p, run_dir=None, config="configs/experiment_smollm2.yaml")  # run_dir: per target
@@ -128,7 +133,7 @@ def main(argv=None) -> int:
                    help="preset steps, seeds and set-up (explicit options override it)")
     p.add_argument("--methods", nargs="+", default=list(METHODS)[:5], choices=list(METHODS),
                    help="default: the five methods (not the one-shot domain-rule arms)")
-    p.add_argument("--target", choices=list(TARGETS), default="default", help="target shape preset")
+    p.add_argument("--target", choices=list(TARGETS), default=None, help="target shape preset (default: default)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="optim.seed of each repetition")
     p.add_argument("--steps", type=int, default=None, help="steps of the pruning / regularisation phase")
     p.add_argument("--cpt-steps", type=int, default=None, help="steps of recovery after the cut")
@@ -141,8 +146,27 @@ def main(argv=None) -> int:
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds: start no run that would not finish, with its evaluation, inside it; the "
                         "runs done by then are evaluated and reported (a partial results.md says so)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="runs at once, each one process running all its stages in-process (needs --nproc 1)")
+    p.add_argument("--timings", default=None,
+                   help="JSON of measured timings (configs/gpu_timings.json): print the plan's estimate and "
+                        "refuse a plan that does not fit --time-limit")
+    p.add_argument("--publish", default=None,
+                   help="also copy results.md/json to PREFIX_results.md/json after every finished run")
+    p.add_argument("--worker", nargs=2, metavar=("METHOD", "SEED"), default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     _apply_budget(args)
+    if args.worker:
+        return worker(args)
+    if args.parallel > 1 and args.nproc != 1:
+        p.error(f"--parallel {args.parallel} runs each run in one process: it needs --nproc 1")
+    if args.parallel > 1 or args.timings:
+        return run_parallel(args, argv)
+    return run_serial(args)
+
+
+def run_serial(args) -> int:
+    """The runs one after another, each stage its own process (the CPU budget: 2 ranks a run)."""
     t0 = time.time()
     ev = (args.eval_seq_length, args.eval_windows, args.device)
     plan = [(name, seed) for seed in args.seeds for name in args.methods]  # seed-major: a cut-off run has
@@ -152,14 +176,12 @@ def main(argv=None) -> int:
         domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
         unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
         started = time.time()
-        source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
-                             *ev)["models"]["source"]
+        source, _ = score_source(args, None, ev)
         t_eval = [max(time.time() - started, 5.0), 0.0]  # seconds per corpus (a cached one took none: 5 s)
+        unseen_source = None
         if unseen:
             started = time.time()
-            unseen_json = os.path.join(args.run_dir, "source_unseen.json")
-            unseen_source = pl.evaluate({"source": args.model}, unseen, unseen_json, *ev,
-                                        card=False)["models"]["source"]
+            unseen_source = score_source(args, unseen, ev)[1]
             t_eval[1] = max(time.time() - started, 5.0)
         run_seconds: list[float] = []
         for name, seed in plan:
@@ -188,14 +210,152 @@ def main(argv=None) -> int:
     missing = [f"{n} seed {s}" for n, s in plan[len(done):]]
     status = (f"**Partial: {len(done)} of {len(plan)} runs.** {stopped}; not run: {', '.join(missing)}."
               if missing else None)
-    setup = (f"budget={args.budget} methods={' '.join(args.methods)} target={args.target} {args.target_shape} "
-             f"seeds={args.seeds} steps={args.steps} cpt_steps={args.cpt_steps} distill_alpha={args.distill_alpha} "
-             f"nproc={args.nproc} config={args.config} overrides={' '.join(args.overrides) or '-'}; eval: "
-             f"{args.eval_windows} windows x {args.eval_seq_length} tokens per domain; {time.time() - t0:.0f} s")
-    report = cmp.write_results(args.run_dir, source, runs, domains, setup,
-                               unseen=(unseen_source, pl.corpus_domains(unseen)) if unseen else None, status=status)
+    report = write(args, source, runs, domains, unseen, unseen_source, status, time.time() - t0)
     print("\n" + report)
     return 1 if stopped and not stopped.startswith("stopped by --time-limit") else 0
+
+
+def score_source(args, unseen: str | None, ev: tuple) -> tuple[dict, dict | None]:
+    """The source's scores on the held-out split and (if given) the unseen corpus."""
+    source = pl.evaluate({"source": args.model}, args.corpus, os.path.join(args.run_dir, "source_eval.json"),
+                         *ev)["models"]["source"]
+    if not unseen:
+        return source, None
+    return source, pl.evaluate({"source": args.model}, unseen, os.path.join(args.run_dir, "source_unseen.json"),
+                               *ev, card=False)["models"]["source"]
+
+
+def write(args, source, runs, domains, unseen, unseen_source, status, seconds, timing=None) -> str:
+    setup = (f"budget={args.budget} methods={' '.join(args.methods)} target={args.target} {args.target_shape} "
+             f"seeds={args.seeds} steps={args.steps} cpt_steps={args.cpt_steps} distill_alpha={args.distill_alpha} "
+             f"nproc={args.nproc} parallel={args.parallel} config={args.config} "
+             f"overrides={' '.join(args.overrides) or '-'}; eval: "
+             f"{args.eval_windows} windows x {args.eval_seq_length} tokens per domain; {seconds:.0f} s")
+    report = cmp.write_results(args.run_dir, source, runs, domains, setup, status=status, timing=timing,
+                               unseen=(unseen_source, pl.corpus_domains(unseen)) if unseen else None)
+    if args.publish:  # e.g. the device session's $OUT: what a call cut short still brings back
+        for name in ("results.md", "results.json"):
+            pl.copy_file(os.path.join(args.run_dir, name), f"{args.publish}_{name}")
+    return report
+
+
+def run_plan(args) -> list[par.RunPlan]:
+    return [par.RunPlan(name, seed, 0 if METHODS[name][0] == "oneshot" else args.steps, args.cpt_steps)
+            for seed in args.seeds for name in args.methods]  # seed-major, as run_serial
+
+
+def _heldout_evals(args) -> dict:
+    """Held-out evaluations a run's rule pays for (Sheared-LLaMA's at each update, in both phases)."""
+    interval = next((int(o.split("=")[1]) for o in reversed(args.overrides) if o.startswith("dro.update_interval=")), 4)
+    return {n: (args.steps + args.cpt_steps) // interval for n, (_, o) in METHODS.items() if "dro.method=sheared" in o}
+
+
+def run_parallel(args, argv: list[str]) -> int:
+    """Every run in a worker process of its own (`--worker`), ``args.parallel`` at once, sized first."""
+    import threading
+
+    t0 = time.time()
+    plan = run_plan(args)
+    timings = par.load_timings(args.timings) if args.timings else None
+    estimate: dict = {}
+    durations: dict = {}
+    if timings:
+        tokens = _tokens_per_step(args)
+        par.size_runs(plan, timings, args.target, tokens, _heldout_evals(args))
+        text, fits = par.plan_report(plan, args.parallel, timings, args.time_limit, reserve_s=20.0)
+        print(text, flush=True)
+        if not fits:
+            print("experiment: the plan does not fit the time limit (above: what to cut)", file=sys.stderr)
+            return 2
+        _, spans = par.makespan(plan, args.parallel, float(timings.get("concurrency_gain", 1.0)),
+                                timings["fixed_s"]["worker_start"])
+        estimate = {r.label: end for r, (_, end) in zip(plan, spans)}
+        durations = {r.label: end - start for r, (start, end) in zip(plan, spans)}
+    try:
+        domains, prefixes = pl.tokenised_corpus(args, "tokenise the corpus")
+        unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
+    except pl.StageFailed as err:
+        print(f"experiment: {err}", file=sys.stderr)
+        return 1
+    ev = (args.eval_seq_length, args.eval_windows, args.device)
+    scored: dict = {}
+    source_thread = threading.Thread(target=lambda: scored.update(zip(("source", "unseen"),
+                                                                      score_source(args, unseen, ev))))
+    source_thread.start()  # the source is scored while the first runs train
+    runs: dict = {}
+    lanes = {"lanes": args.parallel}
+
+    def on_done(r: par.RunPlan, seconds: float) -> None:
+        with open(os.path.join(args.run_dir, r.name, f"seed{r.seed}", "run.json"), encoding="utf-8") as fh:
+            result = json.load(fh)
+        result["seconds"] = round(seconds, 1)
+        if r.label in estimate:
+            result["estimated_end_s"], result["end_s"] = round(estimate[r.label]), round(time.time() - t0)
+        runs.setdefault(r.name, {})[r.seed] = result
+        source_thread.join()
+        write(args, scored["source"], runs, domains, unseen, scored.get("unseen"),
+              f"**Partial so far: {sum(map(len, runs.values()))} of {len(plan)} runs finished.**",
+              time.time() - t0, _timing(plan, runs, estimate, lanes, t0))
+
+    deadline = t0 + args.time_limit if args.time_limit else None
+    script = os.path.abspath(__file__)
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    done, notes = par.run_pool(
+        plan, args.parallel, lambda r: par.worker_argv(script, argv, r),
+        lambda r: os.path.join(args.run_dir, "logs", f"{r.name}_seed{r.seed}.log"), deadline, on_done,
+        durations, env={"OMP_NUM_THREADS": str(threads)})
+    source_thread.join()
+    if not done:
+        print("experiment: no run finished: " + "; ".join(notes), file=sys.stderr)
+        return 1
+    status = (f"**Partial: {len(done)} of {len(plan)} runs.** Not finished: {'; '.join(notes)}." if notes else None)
+    report = write(args, scored["source"], runs, domains, unseen, scored.get("unseen"), status, time.time() - t0,
+                   _timing(plan, runs, estimate, lanes, t0))
+    print("\n" + report)
+    return 0 if not notes or all("time limit" in n or "not started" in n for n in notes) else 1
+
+
+def _tokens_per_step(args) -> int:
+    cfg = {"data.seq_length": 128, "optim.micro_batch_size": 2, "optim.gradient_accumulation_steps": 1}
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key in cfg:
+            cfg[key] = int(value)
+    return cfg["data.seq_length"] * cfg["optim.micro_batch_size"] * cfg["optim.gradient_accumulation_steps"]
+
+
+def _timing(plan, runs: dict, estimate: dict, lanes: dict, t0: float) -> dict:
+    """The plan's estimate beside the measured seconds: what configs/gpu_timings.json is updated from."""
+    out = {"runs at once": lanes["lanes"], "wall so far (s)": round(time.time() - t0)}
+    for r in plan:
+        got = runs.get(r.name, {}).get(r.seed)
+        est = estimate.get(r.label)
+        if got or est:
+            out[r.label] = (f"estimated to end at {est:.0f} s" if est else "no estimate") + (
+                f", ended at {got.get('end_s', '?')} s after {got['seconds']} s; stages "
+                f"{got.get('stage_seconds', {})}" if got else ", not finished")
+    return out
+
+
+def worker(args) -> int:
+    """One run (--worker METHOD SEED) and its scoring, every stage in this process; RUN_DIR/METHOD/seedS/run.json."""
+    name, seed = args.worker[0], int(args.worker[1])
+    pl.run_in_process()
+    ev = (args.eval_seq_length, args.eval_windows, args.device)
+    try:
+        domains, prefixes = pl.tokenised_corpus(args, f"{name} seed {seed}: the corpus")
+        unseen = None if args.unseen_corpus == "none" else pl.built_corpus(args.unseen_sources, args.unseen_corpus)
+        pl.STAGE_SECONDS.clear()
+        pruned, final = run_method(name, seed, args, prefixes, domains)
+        result = score([(name, seed, pruned, final)], args, unseen, ev)[name][seed]
+    except pl.StageFailed as err:
+        print(f"experiment: {err}", file=sys.stderr)
+        return 1
+    result["stage_seconds"] = {k: round(v, 1) for k, v in pl.STAGE_SECONDS.items()}
+    path = os.path.join(args.run_dir, name, f"seed{seed}", "run.json")
+    pl.write_json(path, result)
+    print(f"wrote {path}")
+    return 0
 
 
 def scoring_seconds(runs: int, heldout: float, unseen: float) -> float:

@@ -27,19 +27,62 @@ class StageFailed(RuntimeError):
     pass
 
 
+# Set by `run_in_process()`: `megadrp` commands then run in this process (their imports, CUDA context and
+# start-up paid once for every stage of a run; tools/experiment.py's parallel workers), the others still spawn.
+_IN_PROCESS = False
+STAGE_SECONDS: dict[str, float] = {}  # seconds of each `megadrp` subcommand run (summed), for the timing report
+
+
+def run_in_process(on: bool = True) -> None:
+    global _IN_PROCESS
+    _IN_PROCESS = on
+
+
+def _in_process(cmd: list[str]) -> bool:
+    """A `megadrp` command that can run here: anything but training on more than one rank (its launcher)."""
+    if not _IN_PROCESS or cmd[:3] != megadrp()[:3]:
+        return False
+    return "--nproc" not in cmd or cmd[cmd.index("--nproc") + 1] == "1"
+
+
+def _call_here(args: list[str]) -> int:
+    """`megadrp ARGS` in this process; the models are freed between stages, the process group is kept."""
+    import gc
+
+    from megadrp import cli, train
+
+    train.KEEP_PROCESS_GROUP = True
+    try:
+        return cli.main(args)
+    except SystemExit as err:  # argparse and a few entry points exit instead of returning
+        return err.code if isinstance(err.code, int) else 1
+    finally:
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def banner(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
 def run(cmd: list[str], env: dict | None = None) -> float:
     """Run one command from the current folder; return its wall time; raise StageFailed on error."""
-    print("$ " + " ".join(cmd), flush=True)
+    here = _in_process(cmd)
+    print(("$ (in process) " if here else "$ ") + " ".join(cmd), flush=True)
     t0 = time.time()
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise StageFailed(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+    if here:  # env (thread counts) cannot change a running torch: the worker set its own at start
+        code = _call_here(cmd[3:])
+    else:
+        code = subprocess.run(cmd, env={**os.environ, **(env or {})}).returncode
+    if code != 0:
+        raise StageFailed(f"stage failed (exit {code}): {' '.join(cmd)}\n"
                           "Fix the error above and run again: finished stages are kept.")
     seconds = time.time() - t0
+    stage = cmd[3] if cmd[:3] == megadrp()[:3] else os.path.basename(cmd[1] if len(cmd) > 1 else cmd[0])
+    STAGE_SECONDS[stage] = STAGE_SECONDS.get(stage, 0.0) + seconds
     print(f"    ({seconds:.0f} s)", flush=True)
     return seconds
 
@@ -172,6 +215,17 @@ def check_recipe(output: str, wanted: dict) -> None:
 
 def record_recipe(output: str, wanted: dict) -> None:
     _write_atomic(os.path.normpath(output) + ".stage.json", json.dumps(wanted, indent=1))
+
+
+def write_json(path: str, obj) -> None:
+    _write_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy SRC to DST atomically (a reader, or a kill mid-copy, never sees half a file)."""
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
 
 
 def _write_atomic(path: str, text: str) -> None:
