@@ -50,6 +50,43 @@ def tokens_seen(run_base: str) -> dict:
     return out
 
 
+def weight_motion(history: list[dict]) -> dict:
+    """How a run's domain weights moved in each phase (``weights_over_time``): ``{phase: {updates, step,
+    straightness}}``. ``step``: the mean over domains of |change of log w| per update; ``straightness``: per
+    domain |net change of log w| / the path's length, averaged (1: each weight moves steadily one way, as when it
+    follows the model's losses; near 0: back and forth around a level, as when it follows the batches' noise)."""
+    import math
+
+    out = {}
+    for phase in dict.fromkeys(h["phase"] for h in history):
+        ws = [h["weights"] for h in history if h["phase"] == phase]
+        if len(ws) < 3:
+            continue
+        names = list(ws[0])
+        logs = [[math.log(max(w[d], 1e-12)) for d in names] for w in ws]
+        moves = [[abs(b - a) for a, b in zip(x, y)] for x, y in zip(logs, logs[1:])]
+        paths = [sum(m[i] for m in moves) for i in range(len(names))]
+        nets = [abs(logs[-1][i] - logs[0][i]) for i in range(len(names))]
+        out[phase] = {"updates": len(ws) - 1, "step": mean(mean(m) for m in moves),
+                      "straightness": mean(n / p if p > 0 else 1.0 for n, p in zip(nets, paths))}
+    return out
+
+
+def motion_table(runs: dict) -> str:
+    """Per method and phase, over seeds: the weights' mean log-change per update and their straightness."""
+    rows = ["| method | phase | updates | mean abs. log-change per update | straightness (1: a trend, 0: noise) |",
+            "|---|---|---|---|---|"]
+    for method, seeds in runs.items():
+        per_phase: dict = {}
+        for r in seeds.values():
+            for phase, m in weight_motion(r.get("weights") or []).items():
+                per_phase.setdefault(phase, []).append(m)
+        for phase, ms in per_phase.items():
+            rows.append(f"| {method} | {phase} | {ms[0]['updates']} | {mean(m['step'] for m in ms):.3f} | "
+                        f"{mean(m['straightness'] for m in ms):.2f} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def _value(res: dict, metric: str, domain: str | None = None) -> float:
     if domain is not None:
         return float(res["domains"][domain]["bits_per_byte"])
@@ -199,6 +236,9 @@ def write_results(run_dir: str, source: dict, runs: dict, domains: list[str], se
                  "## Reading (before recovery)\n\n" + "\n".join(reading(cut))]
     if unseen:
         sections.append("## Reading (domains no run trained on)\n\n" + "\n".join(reading(summary["unseen"])))
+    motion = motion_table(runs)
+    if motion:
+        sections.append("## Domain weights: following the model or the sampling\n\n" + motion)
     seconds = {m: {s: r["seconds"] for s, r in seeds.items() if "seconds" in r} for m, seeds in runs.items()}
     sections.append("## Training tokens per run\n\n" + "\n".join(f"- {m}: {t}" for m, t in tokens.items()))
     if any(seconds.values()):

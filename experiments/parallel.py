@@ -129,8 +129,9 @@ def run_pool(plan: list[RunPlan], lanes: int, command, log_path, deadline: float
             os.makedirs(os.path.dirname(log_path(r)) or ".", exist_ok=True)
             fh = open(log_path(r), "w", encoding="utf-8")
             print(f"[parallel] start {r.label} at +{time.time() - t0:.0f} s, log {log_path(r)}", flush=True)
+            # each worker its own rendezvous port (free ports picked at once by K workers could collide)
             proc = subprocess.Popen(command(r), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **(env or {})})
+                                    env={**os.environ, **(env or {}), "MASTER_PORT": str(_free_port())})
             running.append((r, proc, fh, time.time()))
         if not running:
             break
@@ -156,6 +157,14 @@ def run_pool(plan: list[RunPlan], lanes: int, command, log_path, deadline: float
                              f"log {log_path(r)}")
     order = {id(r): i for i, r in enumerate(plan)}
     return sorted(done, key=lambda r: order[id(r)]), notes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -145,6 +145,11 @@ class DroConfig:
     rho: float = opt(0.1, "Radius of the chi-square ball around the reference ratio (DRPruning).")
     min_ratio: float = opt(0.2, "Floor on q_i / p_i (DRPruning's likelihood-ratio floor).")
     ema: float = opt(0.1, "EMA factor of the per-domain training loss (DRPruning).")
+    signal: str = opt("train", "The per-domain loss DRPruning's excess is measured on: 'train' (the per-step EMA "
+                      "of each domain's training loss, the paper's) or 'heldout' (the held-out loss on the same "
+                      "fixed windows at every update, as Sheared-LLaMA's rule: no sampling noise, for one "
+                      "evaluation of logging.eval_batches batches per domain at each update).",
+                      choices=("train", "heldout"))
     dynamic_reference_loss: bool = opt(
         True, "Fit l(D, s) = A D^-a s^-b + E and lower the references to its prediction.")
     dynamic_ratio: bool = opt(

@@ -23,6 +23,12 @@ result used at update j is the one launched at update j-1 from the same global d
 identical weights. Every rank fits the same data; the references are then broadcast from rank 0 with the
 weights.
 
+Held-out signal (``heldout_signal``, config dro.signal = heldout): at each update the excess is measured on
+the trainer's held-out losses over the same fixed windows every time (the rule then sets
+``uses_heldout_losses``, as Sheared-LLaMA's does) instead of the training-loss EMA, which at one machine's
+batch sizes rests on a few hundred tokens per domain: the weights then move with the model, not with which
+documents an interval happened to draw (docs/DRO.md). The dynamic reference fit still reads training losses.
+
 Dynamic ratio: from 20%, p <- 0.9 p + 0.1 q, renormalised, clamped to [p0/2, 2 p0], renormalised, clamped to
 [min p0, max p0], renormalised (the reference's two clamps; with a uniform p0 the second keeps p uniform).
 """
@@ -104,8 +110,10 @@ class DRPruningReweighter(DomainReweighter):
     def __init__(self, domains: Sequence[str], ratio: np.ndarray, update_interval: int, total_steps: int,
                  reference_losses: Optional[Sequence[float]] = None, rho: float = 0.1, min_ratio: float = 0.2,
                  ema: float = 0.1, dynamic_reference_loss: bool = True, dynamic_ratio: bool = True,
-                 target_sparsity: Optional[float] = None, fit_in_background: bool = True, group=None):
+                 target_sparsity: Optional[float] = None, fit_in_background: bool = True, group=None,
+                 heldout_signal: bool = False):
         super().__init__(domains, ratio, update_interval, total_steps, group)
+        self.uses_heldout_losses = bool(heldout_signal)
         k = self.num_domains
         self.rho, self.min_ratio, self.ema_factor = float(rho), float(min_ratio), float(ema)
         self.dynamic_reference_loss, self.dynamic_ratio = bool(dynamic_reference_loss), bool(dynamic_ratio)
@@ -176,15 +184,22 @@ class DRPruningReweighter(DomainReweighter):
         if frac >= FIT_FROM:
             self._pending = _PendingFit(self._snapshot(step), self.fit_in_background)
 
+    def signal(self) -> np.ndarray:
+        """l_hat: this update's held-out losses where the rule reads them (held-out signal), else the EMA."""
+        if self.uses_heldout_losses and self.eval_losses is not None:
+            return np.where(np.isfinite(self.eval_losses), self.eval_losses, self.ema)
+        return self.ema
+
     def excess(self) -> np.ndarray:
         """r = l_hat - l_ref (after the all-negative scaling); unobserved domains get the mean excess."""
-        seen = np.isfinite(self.ema) & np.isfinite(self.ref)
+        l_hat = self.signal()
+        seen = np.isfinite(l_hat) & np.isfinite(self.ref)
         self.ref_scale = 1.0
-        r = self.ema - self.ref
+        r = l_hat - self.ref
         if seen.any() and np.all(r[seen] < 0):
             for scale in REF_SCALES:
                 self.ref_scale = scale
-                r = self.ema - scale * self.ref
+                r = l_hat - scale * self.ref
                 if np.any(r[seen] > 0):
                     break
         neutral = float(np.sum(self.ratio[seen] * r[seen]) / np.sum(self.ratio[seen])) if seen.any() else 0.0
@@ -193,7 +208,7 @@ class DRPruningReweighter(DomainReweighter):
     def _update(self, step: int) -> np.ndarray:
         if self.dynamic_reference_loss:
             self._refresh_references(step)
-        if not np.any(np.isfinite(self.ema) & np.isfinite(self.ref)):
+        if not np.any(np.isfinite(self.signal()) & np.isfinite(self.ref)):
             return self._weights  # nothing observed yet: keep the mix
         r = self.excess()
         self.last_excess = r

@@ -44,5 +44,6 @@ def make_reweighter(cfg: DroConfig, domains: Sequence[str], token_counts: Sequen
                                    min_ratio=cfg.min_ratio, ema=cfg.ema,
                                    dynamic_reference_loss=cfg.dynamic_reference_loss,
                                    dynamic_ratio=cfg.dynamic_ratio, target_sparsity=target_sparsity,
-                                   fit_in_background=cfg.fit_in_background, group=group)
+                                   fit_in_background=cfg.fit_in_background, group=group,
+                                   heldout_signal=cfg.signal == "heldout")
     raise ValueError(f"dro.method = {cfg.method!r}: expected constant, sheared or drpruning")

@@ -158,3 +158,31 @@ def test_save_load_mid_run_continues_identically_and_background_fit_is_determini
     _drive(first, range(1, 11))  # before any fit: references are first observations
     assert np.all(np.isfinite(first.ref))
     assert np.all(full.ref <= first.ref) and np.any(full.ref < first.ref)  # the fit lowered some references
+
+
+def test_drpruning_heldout_signal_follows_the_model_not_the_sampling():
+    """dro.signal = heldout: the excess is the held-out loss on fixed windows at each update, so two runs whose
+    training batches drew different documents (noisy per-domain training losses) but whose model is the same
+    get the same weights; on the training-loss EMA (the paper's) they do not."""
+    refs = [2.0, 2.0, 2.0]
+    heldout = [2.6, 2.2, 2.4]  # the model's held-out loss per domain: what should drive the weights
+    rng = np.random.default_rng(0)
+    out = {}
+    for signal in ("train", "heldout"):
+        cfg = DroConfig(update_interval=4, dynamic_reference_loss=False, dynamic_ratio=False, signal=signal)
+        runs = []
+        for _ in range(2):  # two samplings of the same model's training losses (~256 tokens per domain a step)
+            rw = make_reweighter(cfg, DOMAINS, COUNTS, 100, reference_losses=refs)
+            assert rw.uses_heldout_losses == (signal == "heldout")
+            for step in range(1, 5):
+                train = np.array(heldout) + rng.normal(0, 0.3, size=3)  # sampling noise of a small batch
+                rw.observe(step, train * 8, np.full(3, 8.0), eval_losses=heldout if step == 4 else None)
+            runs.append(rw.update(4))
+        out[signal] = runs
+    np.testing.assert_allclose(out["heldout"][0], out["heldout"][1])
+    from megadrp.dro import chi2_dro_weights
+
+    prior = initial_ratio("natural", COUNTS)
+    np.testing.assert_allclose(out["heldout"][0], chi2_dro_weights(np.subtract(heldout, refs), prior, 0.1, 0.2))
+    assert np.argmax(out["heldout"][0] / prior) == 0  # the domain furthest above its reference gains most
+    assert np.abs(out["train"][0] - out["train"][1]).max() > 0.01  # the EMA's weights moved with the draw

@@ -2,6 +2,8 @@
 and each paper's claim is read from the right table, in the right direction."""
 from __future__ import annotations
 
+import pytest
+
 from experiments import comparison as cmp
 
 
@@ -64,3 +66,19 @@ def test_claims_read_each_table_in_the_papers_direction():
     assert "**not shown**" in by_text["DRPruning: a better worst unseen domain than uniform mixing"]
     assert not any("Sheared-LLaMA" in line for line in lines)  # sheared did not run
     assert len(lines) == 4
+
+
+def test_weight_motion_tells_a_trend_from_noise():
+    """results.md's "following the model or the sampling": weights moving steadily one way read straightness 1,
+    weights jumping back and forth around a level read near 0, at the same size of step."""
+    from experiments.comparison import motion_table, weight_motion
+
+    trend = [{"phase": "cpt", "step": s, "weights": {"a": 0.5 * 1.2 ** s, "b": 1 - 0.5 * 1.2 ** s}}
+             for s in range(4)]
+    noise = [{"phase": "cpt", "step": s, "weights": {"a": 0.5 * 1.2 ** (s % 2), "b": 1 - 0.5 * 1.2 ** (s % 2)}}
+             for s in range(5)]
+    t, n = weight_motion(trend)["cpt"], weight_motion(noise)["cpt"]
+    assert t["updates"] == 3 and t["straightness"] == pytest.approx(1.0)
+    assert n["straightness"] < 0.3 and n["step"] > 0.1
+    table = motion_table({"drpruning": {1: {"weights": trend}, 2: {"weights": trend}}, "uniform": {1: {}}})
+    assert "| drpruning | cpt | 3 |" in table and "1.00 |" in table and "uniform" not in table

@@ -52,10 +52,11 @@ def test_device_session_rehearsal_on_cpu(tmp_path):
     args = ["--model", str(model), "--corpus", str(pipeline_corpus(tmp_path / "corpus")),
             "--bin-dir", str(tmp_path / "bin"),
             "--config", str(pipeline_config(tmp_path / "exp.yaml", 2)), "--methods", "uniform", "oneshot",
-            "--steps", "2", "--cpt-steps", "1", "--device", "cpu", "--eval-windows", "2", "--eval-seq-length", "32",
+            "--steps", "2", "--cpt-steps", "1", "--device", "cpu", "--parallel", "2", "--eval-windows", "2",
+            "--eval-seq-length", "32",
             "data.seq_length=32", "optim.micro_batch_size=2", "dress.calibration_batches=2", target]
     (tmp_path / "args.txt").write_text("\n".join(args) + "\n")
-    env.update(QUICK="1", DEADLINE_S="500", CHECK_S="120", EXTREME_MIN_S="100000",
+    env.update(QUICK="1", DEADLINE_S="500", CHECK_S="120", SECOND_ARM_MIN_S="100000",
                EXPERIMENT_ARGS_FILE=str(tmp_path / "args.txt"))
     proc = subprocess.run(["bash", "tools/device/device_session.sh", "run", "check", "experiment"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -73,9 +74,14 @@ def test_device_session_rehearsal_on_cpu(tmp_path):
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = tar.getnames()
     assert "runs/experiment_gpu/uniform/seed2/eval.json" in names
+    assert "runs/experiment_gpu/logs/oneshot_seed2.log" in names  # one worker process per run
+    # sized before it started, from the committed timings; two runs at once; the estimate beside the measured
+    log_text = (repo / "runs" / "device_session" / "experiment" / "experiment.log").read_text()
+    assert "plan: 4 runs, 2 at once" in log_text and "of the " in log_text
+    assert results["timing"]["runs at once"] == 2 and "ended at" in results["timing"]["uniform seed 2"]
     assert "runs/device_session/experiment/status.txt" in names and "runs/device_session/session.log" in names
     assert not [n for n in names if n.endswith((".safetensors", ".pt"))]
     log = (repo / "runs" / "device_session" / "session.log").read_text()
     assert "gpu_check.sh: exit 0" in log and "experiment_gpu.sh: exit 0" in log
     status = (repo / "runs" / "device_session" / "experiment" / "status.txt").read_text()
-    assert "main comparison: exit 0" in status and "extreme ratio: not run" in status
+    assert "extreme target (0.29x), five methods: exit 0" in status and "0.60x target: not run" in status
