@@ -62,8 +62,10 @@ corpus-unseen: setup $(UNSEEN)/manifest.json
 $(UNSEEN)/manifest.json: configs/unseen_sources.yaml
 	$(VPY) -m experiments.corpus_build --sources configs/unseen_sources.yaml --output $(UNSEEN) --max-bytes 200000
 
+# Where torch sees a GPU: the paper's method (learned masks + DRO, configs/demo_smollm2_gpu.yaml), else the CPU's.
 demo: setup model corpus
-	$(VPY) -m megadrp run --config configs/demo_smollm2.yaml
+	$(VPY) -m megadrp run --config $$($(VPY) -c "import torch; print('configs/demo_smollm2_gpu.yaml' \
+		if torch.cuda.is_available() else 'configs/demo_smollm2.yaml')")
 
 experiment: setup model corpus corpus-unseen
 	$(VPY) tools/experiment.py --budget cpu --model $(MODEL) --corpus $(CORPUS) --unseen-corpus $(UNSEEN) \

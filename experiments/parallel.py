@@ -2,8 +2,8 @@
 
 Why: on one H200 a run of the first GPU budget took ~180 s of wall for ~20 s of training steps; process starts,
 model loading, DeepSpeed set-up and exports were the rest (docs/BENCHMARKS.md). A run is therefore one worker
-process that runs every stage of its run in-process (pipeline.run_in_process: start-up paid once per run), and
-K workers share the GPU (one run needs ~19 GB by `megadrp plan`; an H200 has ~140 GB), so that one run's
+process that runs every stage of its run in-process (megadrp.recipe.stages.run_in_process: start-up paid once
+per run), and K workers share the GPU (one run needs ~19 GB by `megadrp plan`; an H200 has ~140 GB), so that one run's
 start-up, exports and scoring overlap the others' training.
 
 Sizing (`estimate`): from a committed JSON of measured timings (configs/gpu_timings.json, the last GPU run's

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(_package_dir.parent))
 
 
-# True while several stages run in one process (megadrp/experiments/pipeline.py, run_in_process): the process
+# True while several stages run in one process (megadrp/recipe/stages.py, run_in_process): the process
 # group then outlives each run, since DeepSpeed caches groups made from it (a second deepspeed.initialize after a
 # destroy_process_group fails: "Group ... is not registered").
 KEEP_PROCESS_GROUP = False

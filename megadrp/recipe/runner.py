@@ -74,6 +74,8 @@ def run_recipe(config: str, overrides: list[str]) -> dict:
     if not os.path.isfile(os.path.join(source, "config.json")):
         raise st.StageFailed(f"model.path={source!r} is no Hugging Face model folder (no config.json)")
     progress = Progress(stage_names(cfg))
+    if s.nproc == 1:  # one rank: every stage in this process, its start-up (imports, CUDA context) paid once
+        st.run_in_process()
     common = list(overrides)
     if s.corpus:
         progress.start("tokenise", f"the corpus {s.corpus} with the source's tokenizer, one .bin/.idx per domain")

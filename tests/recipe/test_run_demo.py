@@ -112,3 +112,37 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert proc.returncode == 1 and "config.pruning.target.intermediate_size: 64 -> 96" in proc.stderr, proc.stderr
     assert "$ " + sys.executable + " -m megadrp oneshot" not in proc.stdout
+
+
+def test_the_gpu_demo_recipe_runs_the_papers_method(workspace):
+    """`make demo` where torch sees a GPU runs configs/demo_smollm2_gpu.yaml: DRPruning's learned masks under its
+    DRO (stages.cut: prune), their cut, recovery under DRO with the source's references, export, scoring, report,
+    every stage in one process (one rank). Here the shipped recipe itself, on the tiny model and the CPU (shapes,
+    steps, precision and DeepSpeed JSON overridden)."""
+    from megadrp.config import load_config
+
+    recipe = str(REPO / "configs" / "demo_smollm2_gpu.yaml")
+    for mode in ("prune", "cpt"):
+        cfg = load_config(recipe, [f"mode={mode}"])
+        assert cfg.stages.cut == "prune" and cfg.stages.nproc == 1 and cfg.dro.method == "drpruning"
+        assert cfg.optim.micro_batch_size * cfg.data.seq_length == 8192 and cfg.deepspeed.precision == "bf16"
+    ws = workspace
+    run_dir = ws["tmp"] / "runs" / "demo_gpu"
+    target = "pruning.target={" + ", ".join(f"{k}: {v}" for k, v in TARGET.items()) + "}"
+    out = _run(["-m", "megadrp", "run", "--config", recipe, f"model.path={ws['model']}", f"run_dir={run_dir}",
+                f"stages.corpus={ws['corpus']}", f"stages.bin_dir={ws['bins']}", "stages.cut_steps=4",
+                "stages.recovery_steps=2", target, "data.seq_length=32", "optim.micro_batch_size=2",
+                "dro.update_interval=2", "deepspeed.config=ds_configs/zero3_cpu.json", "deepspeed.precision=fp32",
+                "eval.max_windows=2", "eval.seq_length=32", "logging.log_interval=1", "logging.wandb_mode=disabled"])
+    assert "$ (in process)" in out and "megadrp prune" in out
+    prune = [json.loads(line) for line in (run_dir / "prune" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in prune if m.get("kind") == "train"]
+    assert max(m["step"] for m in steps) == 4 and all("expected_sparsity" in m for m in steps)
+    assert len({tuple(m["domain_weights"].values()) for m in steps}) > 1  # DRO moved the mix
+    cut = json.loads((run_dir / "pruned" / "config.json").read_text())
+    assert {k: cut[k] for k in TARGET} == TARGET
+    recover = [json.loads(line) for line in (run_dir / "recover" / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["step"] for m in recover if m.get("kind") == "train") == 2
+    assert [m for m in recover if m.get("kind") == "reference"]  # DRO's references measured (on the source)
+    assert set(json.loads((run_dir / "eval.json").read_text())["models"]) == {"source", "prune", "pruned"}
+    assert (run_dir / "report" / "summary.md").is_file()

@@ -85,3 +85,28 @@ def test_device_session_rehearsal_on_cpu(tmp_path):
     assert "gpu_check.sh: exit 0" in log and "experiment_gpu.sh: exit 0" in log
     status = (repo / "runs" / "device_session" / "experiment" / "status.txt").read_text()
     assert "extreme target (0.29x), five methods: exit 0" in status and "0.60x target: not run" in status
+
+
+def test_a_call_on_a_staged_machine_skips_the_staging(tmp_path):
+    """The comparison's own call (call 3 of docs/BENCHMARKS.md's runbook) carries nothing: on the machine call 2
+    staged (the marker in $STAGE, the converted weights in the tree's .cache) it installs, joins and converts
+    nothing, and makes the corpus and bins newer than this call's fresh copy of the tree."""
+    repo = _copy_repo(tmp_path / "repo")
+    stage, out = tmp_path / "stage", tmp_path / "out"
+    stage.mkdir()
+    (stage / "staged").write_text("")
+    cache = repo / ".cache"
+    for f in ("models/smollm2-135m/model.safetensors", "corpus/manifest.json", "corpus_unseen/manifest.json",
+              "bin/smollm2-135m/train_code.idx"):
+        (cache / f).parent.mkdir(parents=True, exist_ok=True)
+        (cache / f).write_text("x")
+        os.utime(cache / f, (1_000_000, 1_000_000))
+    env = {**os.environ, "STAGE": str(stage), "OUT": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "tools/device/device_session.sh", "run"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (repo / "runs" / "device_session" / "session.log").read_text()
+    assert "staged by an earlier call" in log and "install the carried wheels" not in log
+    assert (cache / "corpus_unseen" / "manifest.json").stat().st_mtime > \
+        (repo / "configs" / "unseen_sources.yaml").stat().st_mtime
+    assert (out / "logs.tar.gz").is_file()

@@ -1,5 +1,5 @@
 """tools/experiment.py --parallel: runs sized before they start, K worker processes at once, each run's stages
-in one process (experiments/parallel.py, pipeline.run_in_process).
+in one process (experiments/parallel.py, megadrp.recipe.stages.run_in_process).
 
 The end-to-end rehearsal with two runs at once is tests/tools/test_device_session.py (the GPU session's own scripts);
 here: the estimate against hand-computed schedules and the committed measurements, the refusal of a plan that
