@@ -14,19 +14,25 @@ recovery of its cut model (continued pretraining under the method's own domain r
 the source when `--distill-alpha` > 0), once per seed of `--seeds`. Every cut model is evaluated before and
 after recovery, every final model and the source also on the held-out split of `--unseen-corpus`: domains no
 run trained on (built from configs/unseen_sources.yaml when missing), for DRPruning's claim of robustness to
-domains a run never saw. RUN_DIR (runs/experiment; runs/experiment_extreme for `--target extreme`) then holds
+domains a run never saw. RUN_DIR (runs/experiment; runs/experiment_extreme for `--target extreme`, the GPU
+budget's preset) then holds
 results.md, the tables (mean over seeds and the seed range, per domain, average, worst, gap to the source),
 the papers' claims read from them and every pairwise reading (a difference smaller than the seed range is
 reported as none), and results.json, every number and each run's domain weights over time.
 
-Runs go seed-major (every method at the first seed, then the next), and every finished run's models are scored
-at the end in one `megadrp eval` process per corpus. Under `--time-limit` (the budgets': 5400 s on CPU, 480 s
-on GPU) a run that would not fit with its scoring is not started; a failed stage stops the runs too. Either way
-the finished runs are scored and reported, results.md opening with what was left out (a method on one seed gets
-no verdict).
+Runs go seed-major (every method at the first seed, then the next). One after another (the CPU budget), every
+finished run's models are scored at the end in one `megadrp eval` process per corpus; under `--time-limit` (5400 s
+for the CPU budget) a run that would not fit with its scoring is not started; a failed stage stops the runs too.
+With `--parallel K` (the GPU budget: 5) each run is one worker process (`--worker`) that runs its stages and its
+scoring in-process, K at once on the one machine (experiments/parallel.py); with `--timings` (the GPU budget:
+configs/gpu_timings.json) the plan's wall time per run and in total is estimated first and a plan that does not
+fit `--time-limit` is refused, naming what to cut; a run not expected to finish is not started and one still
+running at the limit is killed; results.md/json are rewritten after every finished run (and copied to
+`--publish`). Either way results.md opens with what was left out (a method on one seed gets no verdict).
 
     python tools/experiment.py --budget cpu          # make experiment: <= 90 min on 2 CPU cores
     python tools/experiment.py --budget gpu          # tools/device/experiment_gpu.sh: <= 9 min on one H100/H200
+    python tools/experiment.py --budget gpu --steps 500 --cpt-steps 300   # prints the estimate, refuses: too long
     python tools/experiment.py --budget cpu --methods dress oneshot --target extreme    # DReSS's extreme ratio
 """
 from __future__ import annotations

@@ -131,7 +131,8 @@ def test_the_gpu_demo_recipe_runs_the_papers_method(workspace):
     target = "pruning.target={" + ", ".join(f"{k}: {v}" for k, v in TARGET.items()) + "}"
     out = _run(["-m", "megadrp", "run", "--config", recipe, f"model.path={ws['model']}", f"run_dir={run_dir}",
                 f"stages.corpus={ws['corpus']}", f"stages.bin_dir={ws['bins']}", "stages.cut_steps=4",
-                "stages.recovery_steps=2", target, "data.seq_length=32", "optim.micro_batch_size=2",
+                "stages.recovery_steps=2", target, f"data.domains=[{', '.join(DOMAIN_TEXT)}]", "optim.warmup_steps=1",
+                "data.seq_length=32", "optim.micro_batch_size=2",
                 "dro.update_interval=2", "deepspeed.config=ds_configs/zero3_cpu.json", "deepspeed.precision=fp32",
                 "eval.max_windows=2", "eval.seq_length=32", "logging.log_interval=1", "logging.wandb_mode=disabled"])
     assert "$ (in process)" in out and "megadrp prune" in out
