@@ -105,9 +105,27 @@ def plan_report(runs: list[RunPlan], lanes: int, timings: dict, limit: float | N
     fits = not limit or total <= limit
     if not fits:
         gpu = sum(r.gpu_s for r in runs)
-        lines.append(f"  does not fit: cut the steps (--steps/--cpt-steps) by ~{100 * (1 - limit / total):.0f}%, "
-                     f"or the seeds/methods (the steps alone are {gpu:.0f} GPU-seconds), or raise --time-limit")
+        scale = _fitting_scale(runs, lanes, gain, timings["fixed_s"]["worker_start"], limit - reserve_s)
+        lines.append("  does not fit: " + (
+            f"cut the steps (--steps/--cpt-steps) to ~{100 * scale:.0f}% of these, or the seeds/methods (the steps "
+            f"alone are {gpu:.0f} GPU-seconds), or raise --time-limit" if scale > 0 else
+            "the start-ups, exports and scoring alone take longer: cut the seeds/methods or raise --time-limit"))
     return "\n".join(lines), fits
+
+
+def _fitting_scale(runs: list[RunPlan], lanes: int, gain: float, start_s: float, limit: float) -> float:
+    """The largest fraction of every run's steps (GPU seconds) whose plan fits LIMIT (0: none does)."""
+    def fits(f: float) -> bool:
+        scaled = [RunPlan(r.name, r.seed, r.steps, r.cpt_steps, r.gpu_s * f, r.fixed_s) for r in runs]
+        return makespan(scaled, lanes, gain, start_s)[0] <= limit
+
+    lo, hi = 0.0, 1.0
+    if not fits(0.0):
+        return 0.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def run_pool(plan: list[RunPlan], lanes: int, command, log_path, deadline: float | None, on_done,

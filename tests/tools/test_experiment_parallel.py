@@ -61,7 +61,11 @@ def test_the_gpu_budget_is_sized_from_the_committed_measurements_and_fits_its_li
     plan = experiment.run_plan(args)
     par.size_runs(plan, timings, "extreme", 8192, experiment._heldout_evals(args))
     text, fits = par.plan_report(plan, 5, timings, 540, reserve_s=20.0)
-    assert not fits and "cut the steps" in text
+    assert not fits and "cut the steps (--steps/--cpt-steps) to ~" in text
+    share = int(text.split("to ~")[1].split("%")[0]) / 100  # the share it names does fit, and not much more
+    for factor, fitting in ((share - 0.01, True), (share + 0.03, False)):
+        scaled = [par.RunPlan(r.name, r.seed, r.steps, r.cpt_steps, r.gpu_s * factor, r.fixed_s) for r in plan]
+        assert par.plan_report(scaled, 5, timings, 540, reserve_s=20.0)[1] == fitting
 
 
 def test_a_plan_that_cannot_fit_is_refused_before_any_work(tmp_path):
