@@ -75,6 +75,8 @@ def test_device_session_rehearsal_on_cpu(tmp_path):
         names = tar.getnames()
     assert "runs/experiment_gpu/uniform/seed2/eval.json" in names
     assert "runs/experiment_gpu/logs/oneshot_seed2.log" in names  # one worker process per run
+    # the experiment published its results straight into $OUT (a call killed at the tool's limit keeps them)
+    assert not list((repo / "runs" / "device_session" / "experiment").glob("experiment_gpu_results.*"))
     # sized before it started, from the committed timings; two runs at once; the estimate beside the measured
     log_text = (repo / "runs" / "device_session" / "experiment" / "experiment.log").read_text()
     assert "plan: 4 runs, 2 at once" in log_text and "of the " in log_text

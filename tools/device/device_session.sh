@@ -107,7 +107,7 @@ for task in "$@"; do
       say "experiment_gpu.sh, $(left) s left"
       ( while sleep 30; do logs; done ) &
       SNAPSHOTS=$!
-      OUT=$WORK/experiment PUBLISH=$OUT LIMIT=$(( $(left) - 20 )) bash tools/device/experiment_gpu.sh \
+      PUBLISH=$OUT OUT=$WORK/experiment LIMIT=$(( $(left) - 20 )) bash tools/device/experiment_gpu.sh \
         >"$WORK/experiment_gpu.log" 2>&1
       say "experiment_gpu.sh: exit $?"
       kill $SNAPSHOTS 2>/dev/null; SNAPSHOTS= ;;
