@@ -1,275 +1,289 @@
-"""Training-step benchmark: tokens/s and MFU of `prune` (masked model + masks + Lagrangian + side optimizer)
-against `cpt` (the same model, dense) in one process, same shape, same run; optionally several precisions.
+"""Training-step benchmark of the real trainer: the steps `megadrp prune` and `megadrp cpt` run (the same Trainer,
+mode, masks, DRO, DeepSpeed engine and logging), for several variants of the run in one process, so that their
+ratios come from one run on one machine.
 
-    python tools/bench_train.py                                # tiny CPU shape, through DeepSpeed ZeRO-3
-    python tools/bench_train.py --shape llama-1b --seq 2048    # on a GPU: bf16, a 0.94B LLaMA shape
-    python tools/bench_train.py --shape llama-1b --no-deepspeed  # plain torch step (no deepspeed installed)
-    python tools/bench_train.py --shape smollm2-135m --no-deepspeed --precision fp32,bf16,auto  # CPU bf16
+    python tools/bench_train.py --model .cache/models/smollm2-135m --seq 2048 --micro-batch 8 \\
+        --variant zero1=deepspeed.config=ds_configs/auto.json --variant zero0=zero_stage=0
+    python tools/bench_train.py --model .cache/models/smollm2-135m --shape hidden_size=2048,intermediate_size=5504,\\
+num_attention_heads=16,num_key_value_heads=16,num_hidden_layers=16,head_dim=128,tie_word_embeddings=false
+    python tools/bench_train.py --model M --count-ops       # CPU: operators and host syncs per step
 
-With several precisions (comma-separated) each gets its own model, and the timed rounds alternate between them
-so that load from other processes hits all alike; the table gives each one's step time over fp32's. On CPU
-'bf16' is bf16 autocast over fp32 weights and 'auto' runs the start-up matmul probe (megadrp/trainer/precision.py).
+The model is --model (a Hugging Face folder), or with --shape a model of its family and tokenizer with those
+config fields and random weights (written once under --work). The data are random token ids in the recipe's
+domains (the step's cost does not depend on them). Each row is one (variant, mode): a fresh run directory, a
+Trainer built as train.py builds it, --warmup steps, then --steps timed steps through ``Trainer.run_step`` (step,
+read-back at log / DRO-update steps, log line), in --chunks chunks each closed by a device synchronisation; the
+row's step time is the median of the chunk means. A variant is NAME=OVERRIDE[,OVERRIDE...] (dotted config
+overrides; ``zero_stage=N`` writes the recipe's DeepSpeed JSON with that stage). Prune rows use a target of about
+half the source in every family (all four mask families active) unless the recipe has one.
 
-Weights are random (the step cost does not depend on them). Every step is a full training step: forward,
-per-token CE, the mode's loss terms, backward, optimizer step(s). Prints a table with the prune/cpt step-time
-ratio and writes JSON (default runs/bench/train.json). MFU = flops_per_token x tokens/s / peak
-(megadrp/trainer/mfu.py; --peak-tflops for devices missing from its table, CPU included).
+Writes JSON after every row (--out; a run cut short by --deadline keeps the rows it finished) and prints a table:
+step time, tokens/s, MFU (megadrp/trainer/mfu.py; n/a on CPU), peak device memory, prune / cpt per variant and
+each variant over the first. --count-ops adds one counted step per row (tools/step_counts.py).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from megadrp.kernels.cross_entropy import token_cross_entropy  # noqa: E402
-
-SHAPES = {
-    # name: (vocab, d, H, G, m, L); head_dim = d / H
-    "tiny": (512, 64, 4, 2, 128, 4),
-    "smollm2-135m": (49152, 576, 9, 3, 1536, 30),  # tied embeddings (make_shape)
-    "small": (32000, 512, 8, 4, 1408, 8),
-    "llama-1b": (32000, 2048, 16, 16, 5504, 16),   # 0.94B with LM head: Sheared-LLaMA-1.3B's widths, 16 layers
-    "llama-1b-gqa": (32000, 2048, 16, 8, 5504, 16),
-}
+DOMAINS = ["code", "legal", "manuals", "literature", "math", "multilingual"]
 
 
-def make_shape(name: str):
-    from megadrp.model import ModelShape
+def synthetic_model(source: str, fields: str, work: Path) -> str:
+    """A folder with the source's family and tokenizer, its config changed by FIELD=VALUE pairs, random weights."""
+    from megadrp.data.tokenizer_files import copy_model_files
+    from megadrp.export.writer import hf_config, save_weights
+    from megadrp.model import MaskedCausalLM, read_shape
 
-    v, d, h, g, m, layers = SHAPES[name]
-    return ModelShape(vocab_size=v, hidden_size=d, num_attention_heads=h, num_key_value_heads=g, head_dim=d // h,
-                      intermediate_size=m, num_hidden_layers=layers, max_position_embeddings=8192,
-                      tie_word_embeddings=name.startswith("smollm2"))
+    shape, family = read_shape(source)
+    changes = {}
+    for pair in filter(None, fields.split(",")):
+        key, value = pair.split("=", 1)
+        changes[key] = {"true": True, "false": False}.get(value.lower(), value)
+        if isinstance(changes[key], str):
+            changes[key] = type(getattr(shape, key))(value)
+    shape = shape.replace(**changes)
+    folder = work / ("model_" + "_".join(f"{k}{v}" for k, v in sorted(changes.items())))
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return str(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(dev):
+        model = MaskedCausalLM(shape, family, dtype=torch.bfloat16).init_weights(
+            generator=torch.Generator(dev).manual_seed(0))
+    save_weights(family.internal_to_hf(model.state_dict(), shape.tie_word_embeddings), folder, "bfloat16", "20GB",
+                 progress=False)
+    del model
+    hf_config(shape, family, "bfloat16").save_pretrained(folder)
+    copy_model_files([source], folder)
+    return str(folder)
 
 
-def half_target(shape):
-    """A target of about half the source's width per family (what the masks' cost does not depend on)."""
-    from megadrp.config import TargetShape
+def random_corpus(model: str, domains: list, tokens: int, work: Path) -> str:
+    """Per-domain training binaries of random token ids, made with the model's tokenizer (its vocabulary)."""
+    from megadrp.data import IndexedDatasetWriter, write_meta
+    from megadrp.data.tokenizer import load_tokenizer
 
-    ratio = shape.num_attention_heads // shape.num_key_value_heads
+    tok = load_tokenizer(model)
+    prefix = work / "data" / f"train_v{tok.vocab_size}_{tokens}"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    dtype = np.uint16 if tok.vocab_size < 2 ** 16 else np.int32
+    for d in domains:
+        with IndexedDatasetWriter(f"{prefix}_{d}", dtype) as w:
+            for _ in range(8):
+                w.add_document([int(x) for x in rng.integers(2, tok.vocab_size, tokens // 8)] + [tok.eod_id])
+        write_meta(f"{prefix}_{d}", tok.info())
+    return str(prefix)
+
+
+def half_target(shape) -> str:
     g = max(1, shape.num_key_value_heads // 2)
-    return TargetShape(hidden_size=shape.hidden_size // 2, num_attention_heads=g * ratio, num_key_value_heads=g,
-                       intermediate_size=shape.intermediate_size // 2,
-                       num_hidden_layers=max(1, shape.num_hidden_layers // 2))
+    t = {"hidden_size": shape.hidden_size // 2, "num_key_value_heads": g,
+         "num_attention_heads": g * (shape.num_attention_heads // shape.num_key_value_heads),
+         "intermediate_size": shape.intermediate_size // 2, "num_hidden_layers": max(1, shape.num_hidden_layers // 2)}
+    return "pruning.target={" + ", ".join(f"{k}: {v}" for k, v in t.items()) + "}"
 
 
-def build_cfg(args, shape):
-    from megadrp.config import RunConfig
+def ds_json_with_stage(config_path: str, stage: int, work: Path) -> str:
+    from megadrp.config.deepspeed_check import resolve_ds_config_path
 
-    cfg = RunConfig()
-    cfg.pruning.target = half_target(shape)
-    cfg.optim.micro_batch_size, cfg.optim.max_steps, cfg.optim.lr = args.micro_batch, 1000, 1e-5
-    cfg.model.activation_checkpointing = args.activation_checkpointing
-    return cfg
-
-
-def ds_config(args, precision: str, shape) -> dict:
-    stage = args.zero_stage
-    zero = {"stage": stage}
-    if stage in ("3", "auto"):
-        zero.update(stage3_param_persistence_threshold=0 if args.shape == "tiny" else int(1e6),
-                    stage3_prefetch_bucket_size=int(5e8), overlap_comm=True)
-    ds = {"train_micro_batch_size_per_gpu": args.micro_batch, "gradient_accumulation_steps": 1,
-          "train_batch_size": args.micro_batch, "gradient_clipping": 1.0, "zero_optimization": zero,
-          "bf16": {"enabled": precision == "bf16"}, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
-    if stage == "auto":
-        from megadrp.config.zero_stage import resolve_zero_stage
-        from megadrp.trainer.dist import device
-
-        args.zero_reason = resolve_zero_stage(ds, shape.num_params(), 1, precision, device().type)
-    else:
-        zero["stage"] = int(stage)
-    args.zero_stage_used = zero["stage"]
-    return ds
+    ds = json.loads(Path(resolve_ds_config_path(config_path)).read_text())
+    ds.setdefault("zero_optimization", {})["stage"] = stage
+    path = work / f"ds_stage{stage}.json"
+    path.write_text(json.dumps(ds, indent=1))
+    return str(path)
 
 
-def make_model(shape, precision, device, args):
-    from megadrp.model import MaskedCausalLM
-
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-    model = MaskedCausalLM(shape, "llama", dtype=dtype, activation_checkpointing=args.activation_checkpointing)
-    model.init_weights(generator=torch.Generator().manual_seed(0))
-    return model.to(device)
-
-
-class Runner:
-    """One model + optimizer; `step(masked)` runs a full training step in prune or cpt mode."""
-
-    def __init__(self, args, shape, run_precision, device):
-        from megadrp.methods.prune import PruneMode
-        from megadrp.trainer.dist import DataParallelGroup
-        from megadrp.trainer.optim import make_weight_optimizer
-
-        self.args, self.device, self.precision, self.shape = args, device, run_precision, shape
-        precision = run_precision.storage
-        cfg = build_cfg(args, shape)
-        model = make_model(shape, precision, device, args)
-        optimizer = make_weight_optimizer(model, cfg.optim)
-        if args.no_deepspeed:
-            self.model, self.optimizer, self.engine = model, optimizer, None
-        else:
-            from megadrp.trainer import engine as engine_mod
-
-            self.engine = engine_mod.initialize(model, optimizer, ds_config(args, precision, self.shape))
-            self.model = self.engine
-        self.prune = PruneMode()
-        self.prune.setup(SimpleNamespace(cfg=cfg, shape=shape, device=device, engine=self.engine,
-                                         group=DataParallelGroup()))
-        self.vocab, self.step_no = shape.vocab_size, 0
-
-    def step(self, masked: bool) -> None:
-        self.step_no += 1
-        tokens = torch.randint(0, self.vocab, (self.args.micro_batch, self.args.seq + 1), device=self.device)
-        masks = self.prune.train_masks(self.step_no, 0) if masked else None
-        with self.precision.context(self.device.type):
-            if self.args.unfused_ce:
-                tok_loss = token_cross_entropy(self.model(tokens[:, :-1], masks), tokens[:, 1:])
-            else:
-                tok_loss = self.model(tokens[:, :-1], masks, targets=tokens[:, 1:])
-        loss = tok_loss.mean()
-        if masked:
-            loss = loss + sum(self.prune.loss_terms(self.step_no, 0).values())
-        if self.engine is not None:
-            self.engine.backward(loss)
-            self.engine.step()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if masked:
-            self.prune.after_step(self.step_no)
-
-
-def _sync(device):
+def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(runner, masked: bool, steps: int, warmup: int, device) -> list:
-    for _ in range(warmup):
-        runner.step(masked)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        runner.step(masked)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+def run_row(args, base: list, variant: list, mode: str, work: Path, deadline: float) -> dict:
+    from megadrp.config import load_config
+    from megadrp.methods import get_mode
+    from megadrp.trainer import Trainer, dist
+    from megadrp.trainer import mfu as mfu_mod
+    from megadrp.trainer.build import preflight
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{mode}_", dir=work))
+    cfg = load_config(args.config, base + variant + [f"mode={mode}", f"run_dir={run_dir}"])
+    plan = preflight(cfg)
+    trainer = Trainer(cfg, plan, get_mode(mode)).setup()
+    device = trainer.device
+    try:
+        for _ in range(args.warmup):
+            trainer.run_step()
+        row = {"zero_stage": trainer.engine.zero_optimization_stage(), "precision": trainer.precision.describe(),
+               "zero_reason": plan.zero_reason}
+        if args.count_ops:
+            from step_counts import StepCounter
+
+            _sync(device)
+            with StepCounter(device) as counter:  # a step whose numbers stay on the device (no log, no update)
+                trainer.run_step()
+            row["counts"] = counter.summary()
+            row["counts"]["settled"] = trainer._must_settle(trainer.step)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        per_chunk = max(1, args.steps // args.chunks)
+        means = []
+        for _ in range(args.chunks):
+            if time.time() > deadline:
+                break
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(per_chunk):
+                trainer.run_step()
+            trainer.settle()
+            _sync(device)
+            means.append((time.perf_counter() - t0) / per_chunk)
+        step_s = statistics.median(means) if means else float("nan")
+        tokens = cfg.optim.gradient_accumulation_steps * cfg.optim.micro_batch_size * cfg.data.seq_length * \
+            dist.world_size()
+        row.update({"step_s": step_s, "step_s_chunks": means, "steps": per_chunk * len(means),
+                    "tokens_per_step": tokens, "tokens_per_s": tokens / step_s,
+                    "mfu": mfu_mod.mfu(tokens / step_s, trainer.flops_per_token, trainer.peak, dist.world_size()),
+                    "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
+                    else None, "flops_per_token": trainer.flops_per_token, "params": trainer.shape.num_params()})
+        return row
+    finally:
+        trainer.wandb.finish()
+        if hasattr(trainer.engine, "destroy"):
+            trainer.engine.destroy()
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def report(out: dict) -> None:
+    rows = [r for r in out["rows"] if "step_s" in r]
+    print(f"\ntrainer step, {out['model']} ({out['params'] / 1e6:.1f}M params), seq {out['seq']} x micro "
+          f"{out['micro_batch']}, {out['device']}")
+    print("| variant | mode | ZeRO | step | tokens/s | MFU | peak GiB | host syncs / device calls per step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        mem = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        c = r.get("counts")
+        counts = "-" if not c else \
+            f"{c['syncs']['total']} (megadrp {c['syncs']['megadrp']}) / {c['ops']['device_calls']}"
+        print(f"| {r['variant']} | {r['mode']} | {r['zero_stage']} | {1000 * r['step_s']:.1f} ms | "
+              f"{r['tokens_per_s']:.0f} | {mfu} | {mem} | {counts} |")
+    for name, ratio in out["ratios"]["prune_over_cpt"].items():
+        print(f"{name}: prune / cpt step time {ratio:.3f}x")
+    for name, by_mode in out["ratios"]["vs_first_variant"].items():
+        print(f"{name} / {out['variants'][0]}: " + ", ".join(f"{m} {v:.3f}x" for m, v in by_mode.items()))
+
+
+def ratios(rows: list, variants: list) -> dict:
+    t = {(r["variant"], r["mode"]): r["step_s"] for r in rows if "step_s" in r}
+    prune_cpt = {v: t[v, "prune"] / t[v, "cpt"] for v in variants if (v, "prune") in t and (v, "cpt") in t}
+    first = variants[0]
+    vs_first = {v: {m: t[v, m] / t[first, m] for m in ("cpt", "prune") if (v, m) in t and (first, m) in t}
+                for v in variants[1:]}
+    return {"prune_over_cpt": prune_cpt, "vs_first_variant": {v: r for v, r in vs_first.items() if r}}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: tiny on CPU, llama-1b on GPU")
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default 128 CPU, 2048 GPU)")
-    p.add_argument("--micro-batch", type=int, default=None, help="sequences per step (default 2 CPU, 4 GPU)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per mode and round")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=2, help="cpt/prune alternations (medians over all rounds)")
-    p.add_argument("--precision", default="auto",
-                   help="auto, bf16 or fp32, or several comma-separated (alternated in one run, ratios vs the first)")
-    p.add_argument("--unfused-ce", action="store_true", help="logits then CE instead of the fused LM head + CE")
-    p.add_argument("--zero-stage", choices=("0", "1", "2", "3", "auto"), default="3",
-                   help="auto: the stage megadrp/config/zero_stage.py picks for this shape on this device")
-    p.add_argument("--no-deepspeed", action="store_true", help="plain torch step of the same model and masks")
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak of this device when not in the table")
+    p.add_argument("--model", required=True, help="Hugging Face folder (its tokenizer is used for the data)")
+    p.add_argument("--shape", default="", help="FIELD=VALUE,...: a random-weight model of --model's family and "
+                                               "tokenizer with these config fields")
+    p.add_argument("--config", default=None, help="run recipe (YAML); default: megadrp's defaults")
+    p.add_argument("--modes", default="cpt,prune")
+    p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE[,OVERRIDE...] (repeatable)")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--accumulation", type=int, default=1)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per row")
+    p.add_argument("--chunks", type=int, default=2, help="timed chunks per row (median of their step means)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--count-ops", action="store_true", help="count operators and host syncs of one step per row")
+    p.add_argument("--deadline", type=float, default=0.0, help="epoch seconds: rows that would end later are skipped")
+    p.add_argument("--min-row-s", type=float, default=15.0, help="a row needs this many seconds before the deadline")
+    p.add_argument("--work", default="runs/bench/train_work", help="synthetic model, data and run directories")
     p.add_argument("--out", default="runs/bench/train.json")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides for every row")
     args = p.parse_args(argv)
 
+    from megadrp.model import read_shape
     from megadrp.trainer import dist
-    from megadrp.trainer.mfu import flops_per_token, peak_flops
+    from megadrp.trainer.mfu import peak_flops
 
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    deadline = args.deadline or float("inf")
+    model = synthetic_model(args.model, args.shape, work) if args.shape else args.model
+    shape, _ = read_shape(model)
+    steps_total = args.warmup + args.steps + 2 * args.chunks + 2
+    data = random_corpus(model, DOMAINS, 2 * steps_total * args.micro_batch * args.accumulation * (args.seq + 1),
+                         work)
+    base = [f"model.path={model}", f"data.prefix={data}", "data.domains=[" + ", ".join(DOMAINS) + "]",
+            f"data.seq_length={args.seq}", f"optim.micro_batch_size={args.micro_batch}",
+            f"optim.gradient_accumulation_steps={args.accumulation}", f"optim.max_steps={steps_total + 1000}",
+            "data.eval_prefix=", "logging.wandb_mode=disabled", "logging.eval_interval=0",
+            "checkpoint.save_interval=1000000", half_target(shape)] + list(args.overrides)
+    variants, names = [], []
+    for spec in args.variant or ["default="]:
+        name, _, rest = spec.partition("=")
+        ovr = [o for o in rest.split(",") if o] if rest else []
+        if ovr and ovr[0].startswith("zero_stage="):
+            from megadrp.config import load_config
+
+            recipe = load_config(args.config, base).deepspeed.config
+            ovr[0] = f"deepspeed.config={ds_json_with_stage(recipe, int(ovr[0].split('=')[1]), work)}"
+        names.append(name)
+        variants.append(ovr)
+
+    dist.ensure_single_process_env()
+    dist.init_distributed()
     device = dist.device()
-    gpu = device.type == "cuda"
-    args.shape = args.shape or ("llama-1b" if gpu else "tiny")
-    args.seq = args.seq or (2048 if gpu else 128)
-    args.micro_batch = args.micro_batch or (4 if gpu else 2)
-    from megadrp.trainer.precision import measure_bf16_ratio, probe_shape, resolve
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    import deepspeed
 
-    names = [n.strip() for n in args.precision.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("auto", "bf16", "fp32")]
-    if bad or not names:
-        p.error(f"--precision {args.precision!r}: give auto, bf16 or fp32 (comma-separated for several)")
-    torch.manual_seed(0)
-    if not args.no_deepspeed:
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            p.error("deepspeed is not installed here: install its wheel, or measure the plain step with --no-deepspeed")
-        dist.ensure_single_process_env()
-        dist.init_distributed()
-    shape = make_shape(args.shape)
-    probe = probe_shape(args.micro_batch * args.seq, shape.hidden_size, shape.intermediate_size)
-    precisions = {n: resolve(n, device.type, lambda: measure_bf16_ratio(probe)) for n in names}
-    runners = {n: Runner(args, shape, rp, device) for n, rp in precisions.items()}
-
-    times = {n: {"cpt": [], "prune": []} for n in names}
-    for _ in range(args.rounds):  # alternate so drift (clocks, caches, other jobs) hits every variant alike
-        for n in names:
-            for mode in ("cpt", "prune"):
-                times[n][mode] += measure(runners[n], mode == "prune", args.steps, args.warmup, device)
-
-    tokens = args.micro_batch * args.seq
-    fpt = flops_per_token(shape, args.seq)
-    peak = peak_flops(device, args.peak_tflops)
-    by_precision = {}
-    for n in names:
-        results = {}
-        for mode, ts in times[n].items():
-            med = statistics.median(ts)
-            tps = tokens / med
-            results[mode] = {"step_s_median": med, "step_s_min": min(ts), "tokens_per_s": tps,
-                             "mfu": None if peak is None else tps * fpt / peak, "steps": len(ts)}
-        by_precision[n] = {"resolved": precisions[n].describe(), "storage": precisions[n].storage,
-                           "autocast": precisions[n].autocast, "results": results,
-                           "ratio_prune_over_cpt": results["prune"]["step_s_median"] / results["cpt"]["step_s_median"]}
-    first = by_precision[names[0]]
-    for n in names:
-        by_precision[n]["step_ratio_vs_" + names[0]] = {
-            mode: by_precision[n]["results"][mode]["step_s_median"] / first["results"][mode]["step_s_median"]
-            for mode in ("cpt", "prune")}
-    cpu_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    device_name = torch.cuda.get_device_name(device) if gpu else cpu_name
-    path = "plain torch" if args.no_deepspeed else f"DeepSpeed ZeRO-{args.zero_stage_used}" + (
-        f" ({args.zero_reason})" if getattr(args, "zero_reason", "") else "")
-    out = {"benchmark": "train_step", "device": device_name, "torch": torch.__version__,
-           "deepspeed": None if args.no_deepspeed else __import__("deepspeed").__version__,
-           "zero_stage": None if args.no_deepspeed else args.zero_stage_used,
-           "zero_reason": getattr(args, "zero_reason", ""), "precision": names[0],
-           "shape": args.shape, "params": shape.num_params(), "seq_length": args.seq, "micro_batch": args.micro_batch,
-           "activation_checkpointing": args.activation_checkpointing, "fused_ce": not args.unfused_ce,
-           "flops_per_token": fpt, "peak_flops": peak, "results": first["results"],
-           "ratio_prune_over_cpt": first["ratio_prune_over_cpt"], "precisions": by_precision,
-           "command": " ".join(sys.argv)}
-    print(f"\ntrain step, {args.shape} ({shape.num_params() / 1e6:.1f}M params), seq {args.seq} x {args.micro_batch}, "
-          f"{path}, {'unfused' if args.unfused_ce else 'fused'} CE, {device_name}")
-    print(f"| precision | mode | step (median) | tokens/s | MFU | step vs {names[0]} |\n|---|---|---|---|---|---|")
-    for n in names:
-        for mode, r in by_precision[n]["results"].items():
-            mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-            vs = by_precision[n]["step_ratio_vs_" + names[0]][mode]
-            print(f"| {n} | {mode:5s} | {1000 * r['step_s_median']:.1f} ms | {r['tokens_per_s']:.0f} | {mfu} | "
-                  f"{vs:.3f}x |")
-    for n in names:
-        print(f"{n}: {by_precision[n]['resolved']}; prune / cpt step time: "
-              f"{by_precision[n]['ratio_prune_over_cpt']:.3f}x")
+    out = {"benchmark": "trainer_step", "device": dev_name, "torch": torch.__version__,
+           "deepspeed": deepspeed.__version__, "model": model, "shape": shape.to_dict(), "params": shape.num_params(),
+           "seq": args.seq, "micro_batch": args.micro_batch, "accumulation": args.accumulation,
+           "peak_flops": peak_flops(device), "variants": names, "variant_overrides": dict(zip(names, variants)),
+           "rows": [], "ratios": {}, "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    for name, ovr in zip(names, variants):
+        for mode in args.modes.split(","):
+            if time.time() + args.min_row_s > deadline:
+                out["rows"].append({"variant": name, "mode": mode, "skipped": "deadline"})
+                continue
+            print(f"== {name} {mode}", flush=True)
+            try:
+                row = run_row(args, base, ovr, mode, work, deadline)
+            except Exception as err:  # one failed variant (e.g. compile on this machine) must not lose the rest
+                row = {"error": f"{type(err).__name__}: {err}"[:2000]}
+                print(f"{name} {mode} failed: {row['error']}", flush=True)
+            out["rows"].append({"variant": name, "mode": mode, **row})
+            out["ratios"] = ratios(out["rows"], names)
+            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    report(out)
     print(f"wrote {args.out}")
-    if not args.no_deepspeed and torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return 0
+    return 0 if all("step_s" in r or r.get("skipped") for r in out["rows"]) else 1
 
 
 if __name__ == "__main__":

@@ -36,14 +36,16 @@ class Distiller:
         self._count += kd_tok.numel()
         return (1.0 - self.alpha) * lm_mean + self.alpha * kd_tok.mean()
 
-    def step_mean(self) -> float:
-        """The step's KD per token over all ranks and micro-batches; resets the accumulator."""
-        count = torch.tensor(float(self._count), dtype=torch.float64, device=self._sum.device)
+    def step_mean(self) -> torch.Tensor:
+        """The step's KD per token over all ranks and micro-batches (a 0-dim device tensor: the trainer reads it
+        back with the step's other numbers); resets the accumulator."""
+        # torch.full, not torch.tensor: a fill kernel, where a host-to-device copy of the count would wait
+        count = torch.full((), float(self._count), dtype=torch.float64, device=self._sum.device)
         both = torch.stack([self._sum, count])
         if self.group is not None:
             both = self.group.all_reduce_sum(both)
         self._sum, self._count = torch.zeros((), dtype=torch.float64), 0
-        return float(both[0] / both[1].clamp(min=1))
+        return both[0] / both[1].clamp(min=1)
 
 
 def make_distiller(trainer) -> Optional[Distiller]:

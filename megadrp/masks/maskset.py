@@ -87,15 +87,26 @@ class MaskSet(nn.Module):
             p.clamp_(hc.LOG_ALPHA_MIN, hc.LOG_ALPHA_MAX)
 
     def sample(self, seed: int, step: int, micro_step: int = 0) -> Dict[str, torch.Tensor]:
-        """Training masks for MaskedCausalLM.forward, identical on every rank for the same arguments."""
+        """Training masks for MaskedCausalLM.forward, identical on every rank for the same arguments.
+
+        Every family in one pass: one uniform draw on the host for all of them (the same numbers as one draw
+        per family in FAMILY_ORDER), one copy to the device that does not wait for it (pinned memory), and the
+        hard-concrete formula once over the concatenated log_alphas, then split: a few kernels per sample
+        instead of a few per family, and no host synchronisation (docs/TRAINING.md, "Speed").
+        """
         gen = torch.Generator().manual_seed(step_seed(seed, step, micro_step))
-        out = {}
-        for f in FAMILY_ORDER:
-            if f in self.log_alpha:
-                la = self.log_alpha[f]
-                u = torch.rand(la.shape, generator=gen, dtype=torch.float32) * (1 - 2 * hc.EPS) + hc.EPS
-                out[f] = self._keep(f, hc.sample(la, u.to(la.device), self.temperature))
-        return out
+        names = [f for f in FAMILY_ORDER if f in self.log_alpha]
+        las = [self.log_alpha[f] for f in names]
+        sizes = [la.numel() for la in las]
+        u = torch.rand(sum(sizes), generator=gen, dtype=torch.float32) * (1 - 2 * hc.EPS) + hc.EPS
+        dev = las[0].device
+        if dev.type == "cuda":
+            u = u.pin_memory().to(dev, non_blocking=True)
+        elif u.device != dev:
+            u = u.to(dev)
+        flat = las[0].reshape(-1) if len(las) == 1 else torch.cat([la.reshape(-1) for la in las])
+        z = hc.sample(flat, u, self.temperature).split(sizes)
+        return {f: self._keep(f, zf.view(la.shape)) for f, zf, la in zip(names, z, las)}
 
     def expected_scores(self) -> Dict[str, torch.Tensor]:
         """P(unit kept) per active family, same shapes as log_alpha, differentiable."""

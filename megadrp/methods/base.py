@@ -43,7 +43,8 @@ class Mode:
         """After the engine's optimizer step of ``step`` (1-based)."""
 
     def sparsity(self) -> Optional[float]:
-        """Current expected fraction of parameters removed (fed to the reweighting rule), or None."""
+        """Current expected fraction of parameters removed (fed to the reweighting rule), or None; a 0-dim
+        tensor is welcome (the trainer reads it back with the step's other numbers, never inside the step)."""
         return None
 
     def final_sparsity(self) -> Optional[float]:

@@ -87,7 +87,8 @@ class PruneMode(Mode):
 
     @torch.no_grad()
     def sparsity(self):
-        return 1.0 - float(self.masks.expected_num_params()) / self.source_params
+        # a device tensor: the trainer reads it back with the step's other numbers (no wait in the step)
+        return 1.0 - self.masks.expected_num_params() / self.source_params
 
     def final_sparsity(self):
         return 1.0 - self.masks.target.num_params() / self.source_params

@@ -14,8 +14,8 @@ import torch
 
 def inv_freq(head_dim: int, theta: float, scaling: Optional[dict], device=None) -> torch.Tensor:
     """[head_dim // 2] fp32 inverse frequencies, bit-identical to transformers' RoPE init functions."""
-    f = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float)
-                         / head_dim))
+    # arange on the device: a host arange copied over would be a blocking host-to-device copy every forward
+    f = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).to(torch.float) / head_dim))
     rope_type = (scaling or {}).get("rope_type", "default")
     if rope_type == "default":
         return f

@@ -41,6 +41,16 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A host batch on ``dev`` without waiting: a plain ``.to(cuda)`` of pageable memory synchronises the stream
+    (the host stops queueing work); from pinned memory the copy is queued like any kernel. A no-op on CPU."""
+    if t.device == dev:
+        return t
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
 def init_distributed() -> None:
     """deepspeed.init_distributed over NCCL on GPUs, gloo on CPU.
 

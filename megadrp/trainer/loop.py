@@ -6,12 +6,15 @@ megadrp/distill/), per-token CE; loss = mean CE (blended with the KD term) + the
 per-token CE feeds the domain tracker; engine.backward/step. Then the mode's post-step hook (mask and
 multiplier updates), one tracker all-reduce, the reweighting rule (new sampler weights every
 dro.update_interval steps, identical on every rank), logging, periodic eval and checkpoints.
+No host read inside a step: its numbers stay on the device (trainer/pending.py) until a log, DRO-update,
+eval or checkpoint step reads them all back in one copy and applies them in step order (``settle``).
 Steps are numbered from 1; a checkpoint of step N holds the state after N steps.
 """
 from __future__ import annotations
 
 import math
 import time
+from typing import Optional
 
 import torch
 
@@ -25,6 +28,7 @@ from megadrp.trainer.build import Plan
 from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
 from megadrp.trainer.optim import make_weight_optimizer
+from megadrp.trainer.pending import PendingSteps, StepNumbers
 from megadrp.trainer.spike_guard import SpikeGuard
 
 
@@ -51,6 +55,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint = None
+        self.pending = PendingSteps()  # steps whose numbers are still on the device
+        self._window_tokens, self._window_time = 0, 0.0  # tokens/s since the last log line
         self._last_eval_step = None
         self._saved_step = None  # the step of the newest checkpoint this process wrote or resumed from
         self.spike = SpikeGuard(cfg.optim.spike_guard, cfg.optim.spike_factor, cfg.optim.spike_window)
@@ -160,15 +166,18 @@ class Trainer:
         return state.get("wandb_run_id")
 
     # ---- one step -------------------------------------------------------------------------------------
-    def train_step(self, step: int) -> dict:
+    def train_step(self, step: int) -> None:
+        """One optimizer step. Nothing in it waits for the device: its numbers go to ``self.pending`` and are
+        read back by :meth:`settle` (trainer/pending.py says why)."""
         cfg = self.cfg
+        accumulation = cfg.optim.gradient_accumulation_steps
         lr = lr_at(step - 1, cfg.optim.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         set_lr(self.engine.optimizer, lr)
         self.mode.zero_grad()
         extras, skipped = {}, False
-        for micro in range(cfg.optim.gradient_accumulation_steps):
+        for micro in range(accumulation):
             batch = self.sampler.next_batch()
-            tokens = batch["tokens"].to(self.device)
+            tokens, domain_ids = (dist.to_device(batch[k], self.device) for k in ("tokens", "domain_ids"))
             if self.distill:
                 self.distill.run_teacher(tokens[:, :-1])  # no grad, same micro-batch
             with self.precision.context(self.device.type):
@@ -177,13 +186,15 @@ class Trainer:
                 tok_loss = tok_loss + float("nan")
             if faults.spike_at(step):
                 tok_loss = tok_loss * 1000.0
-            self.tracker.add(tok_loss, batch["domain_ids"])
+            self.tracker.add(tok_loss, domain_ids)
             loss = tok_loss.mean()
             if self.distill:  # (1 - alpha) LM + alpha KD; the tracker above keeps the LM loss (DRO signal)
                 loss = self.distill.blend(loss, logits)
             for name, term in self.mode.loss_terms(step, micro).items():
                 loss = loss + term
-                extras[name] = extras.get(name, 0.0) + float(term.detach()) / cfg.optim.gradient_accumulation_steps
+                part = term.detach() / accumulation
+                extras[name] = part if name not in extras else extras[name] + part
+            # spike_guard=skip decides before the backward: one host read per micro-batch (that mode only)
             if self.spike.action == "skip" and not skipped and self._micro_spikes(tok_loss):
                 skipped = True
                 set_lr(self.engine.optimizer, 0.0)  # this step leaves the weights where they are
@@ -194,36 +205,60 @@ class Trainer:
             self.engine.step()
         self.mode.after_step(step)
         loss_sum, count = self.tracker.reduce()
-        lm_loss = float(loss_sum.sum() / count.sum().clamp(min=1))
-        loss_total = lm_loss + sum(extras.values())
-        if self.distill:
-            extras["kd_loss"] = self.distill.step_mean()
-            loss_total += self.distill.alpha * (extras["kd_loss"] - lm_loss)
-        last_good = (f"Last good checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume "
-                     f"auto, perhaps with a lower optim.lr)")
-        if not math.isfinite(loss_total):
-            raise TrainingDiverged(f"loss is {loss_total} at step {step}; stopping without checkpointing this "
-                                   f"state. {last_good}")
-        if self.spike.action == "stop" and self.spike.is_spike(lm_loss):
-            raise TrainingDiverged(f"{self.spike.describe(step, lm_loss)}; stopping without checkpointing this "
-                                   f"state. {last_good}; optim.spike_guard=skip skips such steps instead")
-        if skipped:
-            _log(f"step {step} skipped (weights unchanged): {self.spike.describe(step, lm_loss)}")
-        else:
-            self.spike.observe(lm_loss)
-            self.reweighter.observe(step, loss_sum, count, sparsity=self.mode.sparsity(),
-                                    eval_losses=self._heldout_for_rule(step))
-            new_weights = self.reweighter.maybe_update(step)
-            if new_weights is not None:
-                self.sampler.set_weights(new_weights)
-        self.tokens_seen += int(count.sum().item())
+        sparsity = self.mode.sparsity()
+        self.pending.add(StepNumbers(
+            step, 0.0 if skipped else lr, accumulation * cfg.optim.micro_batch_size * cfg.data.seq_length *
+            self.group.size, loss_sum, count, extras, None if sparsity is None else torch.as_tensor(sparsity),
+            self.distill.step_mean() if self.distill else None, skipped))
+
+    def settle(self) -> Optional[dict]:
+        """Read the pending steps back (one device-to-host copy) and apply them in step order: the divergence
+        and spike checks, the spike guard's and the reweighting rule's observations (and new sampler weights at
+        the rule's update steps), tokens seen.
+        Returns the last step's record for the log, or None when nothing was pending."""
         from megadrp.dro import mean_losses
 
-        means, present = mean_losses(loss_sum, count)
-        return {"loss": loss_total, "lm_loss": lm_loss, "lr": 0.0 if skipped else lr, "extras": extras,
-                "skipped": skipped,
-                "domain_loss": {d: float(m) for d, m, p in zip(cfg.data.domains, means, present) if p},
-                "tokens": int(count.sum().item())}
+        out = None
+        for s in self.pending.read():
+            lm_loss = float(s.loss_sum.sum() / s.count.sum().clamp(min=1))
+            extras = {name: float(v) for name, v in s.extras.items()}
+            loss_total = lm_loss + sum(extras.values())
+            if s.kd_loss is not None:
+                extras["kd_loss"] = float(s.kd_loss)
+                loss_total += self.distill.alpha * (extras["kd_loss"] - lm_loss)
+            last_good = (f"Last good checkpoint: {self.last_checkpoint or 'none written yet'} (resume with --resume "
+                         f"auto, perhaps with a lower optim.lr)")
+            if not math.isfinite(loss_total):
+                raise TrainingDiverged(f"loss is {loss_total} at step {s.step}; stopping without checkpointing this "
+                                       f"state. {last_good}")
+            if self.spike.action == "stop" and self.spike.is_spike(lm_loss):
+                raise TrainingDiverged(f"{self.spike.describe(s.step, lm_loss)}; stopping without checkpointing "
+                                       f"this state. {last_good}; optim.spike_guard=skip skips such steps instead")
+            if s.skipped:
+                _log(f"step {s.step} skipped (weights unchanged): {self.spike.describe(s.step, lm_loss)}")
+            else:
+                self.spike.observe(lm_loss)
+                self.reweighter.observe(s.step, s.loss_sum, s.count,
+                                        sparsity=None if s.sparsity is None else float(s.sparsity),
+                                        eval_losses=self._heldout_for_rule(s.step))
+                new_weights = self.reweighter.maybe_update(s.step)
+                if new_weights is not None:
+                    self.sampler.set_weights(new_weights)
+            self.tokens_seen += int(s.count.sum())
+            means, present = mean_losses(s.loss_sum, s.count)
+            out = {"step": s.step, "loss": loss_total, "lm_loss": lm_loss, "lr": s.lr, "extras": extras,
+                   "skipped": s.skipped,
+                   "domain_loss": {d: float(m) for d, m, p in zip(self.cfg.data.domains, means, present) if p}}
+        return out
+
+    def _must_settle(self, step: int) -> bool:
+        """Steps after which the host needs the numbers: a log line, a DRO update (the next batch is drawn with
+        its weights), a held-out eval or checkpoint (never of a diverged state), the last step; every step under
+        spike_guard=skip (its per-micro-batch check reads the guard's history, which must be current)."""
+        cfg = self.cfg
+        return (self.spike.action == "skip" or step % cfg.logging.log_interval == 0 or step == cfg.optim.max_steps
+                or step % self.reweighter.update_interval == 0 or step % cfg.checkpoint.save_interval == 0
+                or bool(cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0))
 
     def _micro_spikes(self, tok_loss: torch.Tensor) -> bool:
         """Collective (spike_guard=skip): whether this micro-batch's mean LM loss over every rank spikes."""
@@ -258,26 +293,10 @@ class Trainer:
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {self.group.size}, "
              f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}"
              + (f" ({self.plan.zero_reason})" if self.plan.zero_reason else ""))
-        # tokens/s over the training steps only: evaluation, checkpoints and logging are not in the window.
-        window_tokens, window_time = 0, 0.0
         try:
             while self.step < cfg.optim.max_steps:
                 self._stop_if_signalled()
-                step = self.step + 1
-                t0 = time.perf_counter()
-                out = self.train_step(step)  # ends in host syncs (loss values), so the time is the step's
-                window_time += time.perf_counter() - t0
-                self.step = step
-                window_tokens += out["tokens"]
-                if step % cfg.logging.log_interval == 0 or step == cfg.optim.max_steps:
-                    self._log_step(step, out, window_tokens / max(window_time, 1e-9))
-                    window_tokens, window_time = 0, 0.0
-                if self.heldout is not None and cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 \
-                        and step != cfg.optim.max_steps and self._last_eval_step != step:
-                    self.evaluate(step)
-                if step % cfg.checkpoint.save_interval == 0 or step == cfg.optim.max_steps:
-                    self.save()
-                faults.step_sleep()
+                self.run_step()
             if self.heldout is not None and self._last_eval_step != self.step:
                 self.evaluate(self.step)
         finally:
@@ -293,6 +312,29 @@ class Trainer:
         if self.step > 0 and self._saved_step != self.step:
             self.save()
         raise stop_signal.RunInterrupted(signum, self.step, self.last_checkpoint)
+
+    def run_step(self) -> None:
+        """The next step as `train` runs it: the step, then at the steps that need them (``_must_settle``) its
+        numbers read back, the log line, the held-out eval and the checkpoint. tokens/s counts the steps and the
+        wait for the device at a read-back; evaluation, checkpoints and logging are outside the window."""
+        cfg = self.cfg
+        step = self.step + 1
+        t0 = time.perf_counter()
+        self.train_step(step)
+        self.step = step
+        self._window_tokens += self.cfg.optim.gradient_accumulation_steps * cfg.optim.micro_batch_size * \
+            cfg.data.seq_length * self.group.size
+        out = self.settle() if self._must_settle(step) else None
+        self._window_time += time.perf_counter() - t0
+        if step % cfg.logging.log_interval == 0 or step == cfg.optim.max_steps:
+            self._log_step(step, out, self._window_tokens / max(self._window_time, 1e-9))
+            self._window_tokens, self._window_time = 0, 0.0
+        if self.heldout is not None and cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 \
+                and step != cfg.optim.max_steps and self._last_eval_step != step:
+            self.evaluate(step)
+        if step % cfg.checkpoint.save_interval == 0 or step == cfg.optim.max_steps:
+            self.save()
+        faults.step_sleep()
 
     def _log_step(self, step: int, out: dict, tokens_per_s: float) -> None:
         rec = {"kind": "train", "step": step, "loss": out["loss"], "lm_loss": out["lm_loss"],
@@ -319,6 +361,7 @@ class Trainer:
 
     def save(self) -> None:
         cfg = self.cfg
+        self.settle()  # steps not read back yet (a stop signal's save): never checkpoint unchecked numbers
         state = {"step": self.step, "mode": cfg.mode, "config": to_dict(cfg), "family": self.family.name,
                  "world_size": self.group.size,
                  "source_shape": self.shape.to_dict(), "tokens_seen": self.tokens_seen,

@@ -56,7 +56,7 @@ def test_device_session_rehearsal_on_cpu(tmp_path):
             "--eval-seq-length", "32",
             "data.seq_length=32", "optim.micro_batch_size=2", "dress.calibration_batches=2", target]
     (tmp_path / "args.txt").write_text("\n".join(args) + "\n")
-    env.update(QUICK="1", DEADLINE_S="500", CHECK_S="120", SECOND_ARM_MIN_S="100000",
+    env.update(QUICK="1", DEADLINE_S="500", CHECK_S="120", SECOND_ARM_MIN_S="100000", BENCH_MODEL=str(model),
                EXPERIMENT_ARGS_FILE=str(tmp_path / "args.txt"))
     proc = subprocess.run(["bash", "tools/device/device_session.sh", "run", "check", "experiment"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -67,7 +67,8 @@ def test_device_session_rehearsal_on_cpu(tmp_path):
     assert {"gpu_summary.json", "experiment_gpu_results.md", "experiment_gpu_results.json",
             "logs.tar.gz"} <= set(files), files
     summary = json.loads((out / "gpu_summary.json").read_text())
-    assert summary["smollm2_zero_auto"]["zero_stage"] == 1  # the check's rows ran, on the tiny shapes
+    # the check's trainer rows ran on the tiny model: ZeRO "auto" is stage 1 on one rank
+    assert summary["train_smollm2"]["rows"][0]["zero_stage"] == 1, summary
     results = json.loads((out / "experiment_gpu_results.json").read_text())
     assert {m: sorted(s) for m, s in results["runs"].items()} == {"uniform": ["1", "2"], "oneshot": ["1", "2"]}
     assert results["status"] == "complete"

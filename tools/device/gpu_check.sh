@@ -1,79 +1,70 @@
 #!/usr/bin/env bash
-# The GPU rows of docs/BENCHMARKS.md (issue "speed") in one run of a few minutes on one H100/H200:
-#   1. SmolLM2-135M prune vs dense step, MFU: plain torch (fused and unfused CE), and DeepSpeed under ZeRO stage
-#      "auto" (stage 1 here)
-#   2. 0.94B LLaMA shape prune vs dense, MFU: plain torch, DeepSpeed ZeRO-3 and ZeRO "auto" at world size 1
-#   3. fused linear + CE against logits-then-CE: peak memory and time, 8k tokens x 128k vocab (Llama-3-1B head)
-#   4. the GPU parity tests of the kernels and of the fused CE (pytest -m gpu)
-# Every row writes its JSON under $OUT (the device tool's output folder; default runs/bench/gpu), a summary of
-# the numbers goes to $OUT/gpu_summary.json, and a row that fails is recorded and skipped, not fatal.
+# The GPU rows of docs/BENCHMARKS.md (issue "training speed") on one H100/H200, short rows first, so that a
+# call cut short still brings back the most:
+#   1. the GPU tests: the kernels' and the fused CE's bf16 parity, and the trainer step under CUDA's sync debug
+#      mode (pytest -m gpu, verbose: a timed-out run still shows which passed)
+#   2. fused linear + CE against logits-then-CE: peak memory and time, 8k tokens x 128k vocab (Llama-3-1B's head)
+#   3. the real trainer's step (tools/bench_train.py: Trainer, masks, DRO, DeepSpeed, logging), SmolLM2-135M,
+#      8 x 2048 tokens, cpt and prune, ZeRO "auto" (stage 1 at world size 1) against ZeRO stage 0
+#   4. the same at the 0.94B LLaMA shape (random weights, SmolLM2's tokenizer), 4 x 2048 tokens: ZeRO "auto"
+#      against ZeRO-3 at world size 1
+# Every row writes its log and JSON under $OUT as it finishes (bench_train.py rewrites its JSON after each of
+# its own rows), a row that fails is recorded and skipped, and $OUT/gpu_summary.json sums up the numbers.
+# DEADLINE (epoch seconds) cuts every row to the time left; bench_train.py skips its rows that no longer fit.
 #
-#   bash tools/device/gpu_check.sh                       # in the repository root on the GPU machine
-#   STEPS=4 bash tools/device/gpu_check.sh               # fewer timed steps
-#   QUICK=1 bash tools/device/gpu_check.sh               # smoke run of the script itself on CPU (tiny shapes)
+#   bash tools/device/gpu_check.sh                       # in the repository root on the GPU machine (~150 s)
+#   QUICK=1 BENCH_MODEL=DIR bash tools/device/gpu_check.sh   # smoke run on CPU with a tiny HF model folder
 #
-# On the workplace's device machine, tools/device/device_session.sh brings DeepSpeed (not in the GPU image), the model
-# and the data, and calls this; without DeepSpeed the DeepSpeed rows are skipped. DEADLINE (epoch seconds) cuts
-# every row's time limit to what is left, and skips the rows that no longer fit.
+# On the workplace's device machine, tools/device/device_session.sh brings DeepSpeed, the model and the data, and calls
+# this with DEADLINE set; without DeepSpeed the trainer rows fail (the trainer needs it) and are recorded.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/bench/gpu}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-6}
-DEADLINE=${DEADLINE:-$(( $(date +%s) + 900 ))}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled HF_HUB_OFFLINE=1
+DEADLINE=${DEADLINE:-$(( $(date +%s) + 240 ))}
+MODEL=${BENCH_MODEL:-.cache/models/smollm2-135m}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 : > "$OUT/failed.txt"
-
-HAVE_DS=0
-$PY -c "import deepspeed" 2>/dev/null && HAVE_DS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 
 row() {  # row NAME TIMEOUT_S COMMAND...: run one measurement, keep its log, record a failure and go on
-  local name=$1 limit=$2 left=$(( DEADLINE - $(date +%s) - 10 ))
+  local name=$1 limit=$2 left=$(( DEADLINE - $(date +%s) - 5 ))
   shift 2
   [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 20 ]; then
+  if [ "$limit" -lt 10 ]; then
     echo "== $name: skipped, $left s left before DEADLINE"; echo "$name (no time)" >>"$OUT/failed.txt"; return
   fi
-  echo "== $name: $*"
+  echo "== $name ($limit s): $*"
   if ! timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
     echo "$name" >>"$OUT/failed.txt"
     tail -5 "$OUT/$name.log"
   else
-    grep -E "^\||step time|fused / unfused|passed|failed" "$OUT/$name.log" | tail -12
+    grep -E "^\||step time|fused / unfused|passed|failed| / " "$OUT/$name.log" | tail -14
   fi
 }
 
-BENCH=(tools/bench_train.py --precision bf16 --steps "$STEPS" --warmup 2 --rounds 1)
-SMALL=smollm2-135m; LARGE=llama-1b; SEQ=2048; TOKENS=8192; HIDDEN=2048
+SEQ=2048; SMALL_MB=8; LARGE_MB=4; TOKENS=8192; HIDDEN=2048; STEPS=(--steps 8 --chunks 2 --warmup 3)
+LARGE="hidden_size=2048,intermediate_size=5504,num_attention_heads=16,num_key_value_heads=16,num_hidden_layers=16"
+LARGE="$LARGE,head_dim=128,tie_word_embeddings=false"
 if [ "${QUICK:-0}" = 1 ]; then
-  BENCH=(tools/bench_train.py --precision bf16 --steps 1 --warmup 1 --rounds 1); SMALL=tiny; LARGE=tiny; SEQ=32
-  TOKENS=64; HIDDEN=32
+  SEQ=32; SMALL_MB=2; LARGE_MB=2; TOKENS=64; HIDDEN=32; STEPS=(--steps 2 --chunks 1 --warmup 1)
+  LARGE="hidden_size=96,intermediate_size=192,num_attention_heads=4,num_key_value_heads=4,num_hidden_layers=2"
+  LARGE="$LARGE,head_dim=24"
 fi
-# 1. SmolLM2-135M: 8 x 2048 tokens per step, tied 49k-vocab head
-row smollm2_torch 150 $PY "${BENCH[@]}" --shape $SMALL --seq $SEQ --micro-batch 8 --no-deepspeed \
-  --out "$OUT/smollm2_torch.json"
-row smollm2_torch_unfused_ce 150 $PY "${BENCH[@]}" --shape $SMALL --seq $SEQ --micro-batch 8 --no-deepspeed \
-  --unfused-ce --out "$OUT/smollm2_torch_unfused_ce.json"
-if [ $HAVE_DS = 1 ]; then
-  row smollm2_zero_auto 150 $PY "${BENCH[@]}" --shape $SMALL --seq $SEQ --micro-batch 8 --zero-stage auto \
-    --out "$OUT/smollm2_zero_auto.json"
-fi
-# 2. 0.94B: 4 x 2048 tokens per step
-row llama1b_torch 180 $PY "${BENCH[@]}" --shape $LARGE --seq $SEQ --micro-batch 4 --no-deepspeed \
-  --out "$OUT/llama1b_torch.json"
-if [ $HAVE_DS = 1 ]; then
-  row llama1b_zero3 180 $PY "${BENCH[@]}" --shape $LARGE --seq $SEQ --micro-batch 4 --zero-stage 3 \
-    --out "$OUT/llama1b_zero3.json"
-  row llama1b_zero_auto 180 $PY "${BENCH[@]}" --shape $LARGE --seq $SEQ --micro-batch 4 --zero-stage auto \
-    --out "$OUT/llama1b_zero_auto.json"
-fi
-# 3. fused CE: Llama-3-1B's head (d 2048, vocab 128256), one 8k-token micro-batch, bf16
-row loss_8k_128k 120 $PY tools/bench_loss.py --tokens $TOKENS --hidden $HIDDEN --vocab 128256 --dtype bf16 --reps 5 \
+# 1. parity and the sync-free step on the device
+row gpu_tests 45 $PY -m pytest -v -p no:cacheprovider -m gpu tests/kernels/test_kernels_gpu.py \
+  tests/kernels/test_speed_fused_ce.py tests/tools/test_train_bench.py
+# 2. fused CE: Llama-3-1B's head (d 2048, vocab 128256), one 8k-token micro-batch, bf16
+row loss_8k_128k 25 $PY tools/bench_loss.py --tokens $TOKENS --hidden $HIDDEN --vocab 128256 --dtype bf16 --reps 3 \
   --out "$OUT/loss_8k_128k.json"
-# 4. parity on the device
-row gpu_tests 240 $PY -m pytest -q -m gpu tests/kernels/test_kernels_gpu.py tests/kernels/test_speed_fused_ce.py
+# 3. and 4. the trainer's step; --deadline leaves each run time to write its JSON
+BENCH=($PY tools/bench_train.py --model "$MODEL" --seq $SEQ "${STEPS[@]}" --work runs/bench/train_work
+       deepspeed.precision=bf16 logging.log_interval=10 dro.method=drpruning dro.update_interval=5)
+row train_smollm2 80 "${BENCH[@]}" --micro-batch $SMALL_MB --deadline $(( DEADLINE - 8 )) --min-row-s 12 \
+  --variant auto=deepspeed.config=ds_configs/auto.json --variant zero0=zero_stage=0 --out "$OUT/train_smollm2.json"
+row train_1b 70 "${BENCH[@]}" --shape "$LARGE" --micro-batch $LARGE_MB --deadline $(( DEADLINE - 8 )) --min-row-s 15 \
+  --variant auto=deepspeed.config=ds_configs/auto.json --variant zero3=zero_stage=3 --out "$OUT/train_1b.json"
 
 $PY - "$OUT" <<'EOF'
 import json, sys
@@ -81,15 +72,19 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 summary = {"failed": [l.strip() for l in (out / "failed.txt").read_text().splitlines() if l.strip()]}
+tests = out / "gpu_tests.log"
+if tests.is_file():
+    lines = tests.read_text(errors="replace").splitlines()
+    summary["gpu_tests"] = {"passed": sum(" PASSED" in l for l in lines), "failed": [l for l in lines if " FAILED" in l],
+                            "last": lines[-1] if lines else ""}
 for path in sorted(out.glob("*.json")):
     if path.name == "gpu_summary.json":
         continue
     r = json.loads(path.read_text())
-    if r.get("benchmark") == "train_step":
-        summary[path.stem] = {"device": r["device"], "zero_stage": r["zero_stage"], "zero_reason": r.get("zero_reason"),
-                              "prune_mfu": r["results"]["prune"]["mfu"], "cpt_mfu": r["results"]["cpt"]["mfu"],
-                              "prune_tokens_per_s": r["results"]["prune"]["tokens_per_s"],
-                              "prune_over_cpt": r["ratio_prune_over_cpt"]}
+    if r.get("benchmark") == "trainer_step":
+        summary[path.stem] = {"device": r["device"], "params": r["params"], "ratios": r["ratios"], "rows": [
+            {k: row.get(k) for k in ("variant", "mode", "zero_stage", "step_s", "tokens_per_s", "mfu",
+                                      "peak_memory_gib", "skipped", "error")} for row in r["rows"]]}
     elif r.get("benchmark") == "lm_head_loss":
         summary[path.stem] = {"device": r["device"], "fp32_logits_gib": r["fp32_logits_bytes"] / 2 ** 30,
                               "peak_unfused_gib": r["results"]["unfused"]["peak_bytes"] / 2 ** 30,
