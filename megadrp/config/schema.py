@@ -55,6 +55,10 @@ class ModelConfig:
     use_kernels: str = opt("auto", "Masked ops: 'auto' (Triton on CUDA, PyTorch reference elsewhere), 'triton', "
                            "'torch'.", choices=("auto", "triton", "torch"))
     activation_checkpointing: bool = opt(False, "Recompute each decoder layer in backward to save activation memory.")
+    compile: bool = opt(False, "torch.compile each decoder layer (one compiled graph shared by all layers): fewer, "
+                        "fused kernels for the masked element-wise ops, at a compile of tens of seconds at start-up. "
+                        "Pair it with use_kernels: torch so the compiler sees plain ops; not under ZeRO-3 (its "
+                        "per-module hooks). Measured against eager by tools/bench_train.py (docs/BENCHMARKS.md).")
     fused_cross_entropy: bool = opt(
         True, "Compute the LM head and the per-token CE together, chunk by chunk of tokens, never materialising the "
         "[tokens, vocab] fp32 logits (megadrp/kernels/cross_entropy.py); off computes the logits, then the CE.")

@@ -110,8 +110,12 @@ class MaskSet(nn.Module):
 
     def expected_scores(self) -> Dict[str, torch.Tensor]:
         """P(unit kept) per active family, same shapes as log_alpha, differentiable."""
-        return {f: self._keep(f, hc.score(self.log_alpha[f], self.temperature))
-                for f in FAMILY_ORDER if f in self.log_alpha}
+        # one pass over the concatenated log_alphas (element-wise: the same numbers as family by family)
+        names = [f for f in FAMILY_ORDER if f in self.log_alpha]
+        las = [self.log_alpha[f] for f in names]
+        flat = las[0].reshape(-1) if len(las) == 1 else torch.cat([la.reshape(-1) for la in las])
+        scores = hc.score(flat, self.temperature).split([la.numel() for la in las])
+        return {f: self._keep(f, sc.view(la.shape)) for f, sc, la in zip(names, scores, las)}
 
     def deterministic(self) -> Dict[str, torch.Tensor]:
         """Eval/export masks: soft values with exactly the pruned units at 0 (per layer for head/intermediate)."""

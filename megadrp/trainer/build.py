@@ -56,6 +56,9 @@ def preflight(cfg, world_size: Optional[int] = None) -> Plan:
         raise ConfigError("model.path", cfg.model.path, "has no config.json; give a Hugging Face model folder")
     shape, family = read_shape(cfg.model.path, cfg.model.family)
     zero_reason = resolve_zero_stage(ds_config, shape.num_params(), world, precision, device_type)
+    if cfg.model.compile and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3:
+        raise ConfigError("model.compile", True, "is not supported under ZeRO-3 (its per-module parameter hooks): "
+                          "use a ZeRO stage of 0-2 (ds_configs/auto.json picks 1 where the model fits)")
     weights_path = cfg.model.path
     init_from = cfg.checkpoint.init_from
     if init_from and Path(init_from, "config.json").is_file():

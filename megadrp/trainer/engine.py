@@ -35,6 +35,9 @@ def build_model(shape, family, ds_config: dict, precision: str, model_cfg):
         model = MaskedCausalLM(shape, family, dtype=dtype,
                                activation_checkpointing=model_cfg.activation_checkpointing,
                                attn_backend=model_cfg.attn_backend)
+    if model_cfg.compile:  # preflight refused it under ZeRO-3
+        for layer in model.layers:  # regional compilation: the layers share one code object, so one graph
+            layer.compile()
     return model
 
 

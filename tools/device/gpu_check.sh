@@ -8,6 +8,7 @@
 #      8 x 2048 tokens, cpt and prune, ZeRO "auto" (stage 1 at world size 1) against ZeRO stage 0
 #   4. the same at the 0.94B LLaMA shape (random weights, SmolLM2's tokenizer), 4 x 2048 tokens: ZeRO "auto"
 #      against ZeRO-3 at world size 1
+#   5. what time is left: SmolLM2-135M with model.compile (torch.compile per decoder layer, plain-torch masked ops)
 # Every row writes its log and JSON under $OUT as it finishes (bench_train.py rewrites its JSON after each of
 # its own rows), a row that fails is recorded and skipped, and $OUT/gpu_summary.json sums up the numbers.
 # DEADLINE (epoch seconds) cuts every row to the time left; bench_train.py skips its rows that no longer fit.
@@ -47,8 +48,10 @@ row() {  # row NAME TIMEOUT_S COMMAND...: run one measurement, keep its log, rec
 SEQ=2048; SMALL_MB=8; LARGE_MB=4; TOKENS=8192; HIDDEN=2048; STEPS=(--steps 8 --chunks 2 --warmup 3)
 LARGE="hidden_size=2048,intermediate_size=5504,num_attention_heads=16,num_key_value_heads=16,num_hidden_layers=16"
 LARGE="$LARGE,head_dim=128,tie_word_embeddings=false"
-if [ "${QUICK:-0}" = 1 ]; then
+LARGE_VARIANTS=(--variant auto=deepspeed.config=ds_configs/auto.json --variant zero3=zero_stage=3)
+if [ "${QUICK:-0}" = 1 ]; then  # the script's paths on CPU in about a minute: one variant at the large shape, no compile
   SEQ=32; SMALL_MB=2; LARGE_MB=2; TOKENS=64; HIDDEN=32; STEPS=(--steps 2 --chunks 1 --warmup 1)
+  LARGE_VARIANTS=(--variant zero3=zero_stage=3)
   LARGE="hidden_size=96,intermediate_size=192,num_attention_heads=4,num_key_value_heads=4,num_hidden_layers=2"
   LARGE="$LARGE,head_dim=24"
 fi
@@ -64,7 +67,10 @@ BENCH=($PY tools/bench_train.py --model "$MODEL" --seq $SEQ "${STEPS[@]}" --work
 row train_smollm2 80 "${BENCH[@]}" --micro-batch $SMALL_MB --deadline $(( DEADLINE - 8 )) --min-row-s 12 \
   --variant auto=deepspeed.config=ds_configs/auto.json --variant zero0=zero_stage=0 --out "$OUT/train_smollm2.json"
 row train_1b 70 "${BENCH[@]}" --shape "$LARGE" --micro-batch $LARGE_MB --deadline $(( DEADLINE - 8 )) --min-row-s 15 \
-  --variant auto=deepspeed.config=ds_configs/auto.json --variant zero3=zero_stage=3 --out "$OUT/train_1b.json"
+  "${LARGE_VARIANTS[@]}" --out "$OUT/train_1b.json"
+# 5. if time is left: torch.compile of the decoder layers over the plain-torch masked ops (against row 3's "auto")
+[ "${QUICK:-0}" = 1 ] || row train_smollm2_compile 60 "${BENCH[@]}" --micro-batch $SMALL_MB --deadline $(( DEADLINE - 8 )) --min-row-s 30 \
+  --modes prune,cpt --variant compile=model.compile=true,model.use_kernels=torch --out "$OUT/train_smollm2_compile.json"
 
 $PY - "$OUT" <<'EOF'
 import json, sys
