@@ -22,7 +22,7 @@ from tests.helpers.train_runs import REPO, make_workspace, run_env, write_config
 # Torch calls on device tensors of one step (tools/step_counts.py "device_calls"), tiny model (4 layers, d 64),
 # seq 32 x micro 2, ZeRO-1 on CPU, measured with this test's command (docs/BENCHMARKS.md); a change of more than
 # 10% is a finding, either way (before the step stopped reading back: cpt 502, prune 1863).
-OPS_PER_STEP = {"cpt": 491, "prune": 871}
+OPS_PER_STEP = {"cpt": 491, "prune": 847}
 # megadrp's own host syncs per step: none in cpt; in prune the tracking controller's one read of log_alpha.
 SYNCS_PER_STEP = {"cpt": 0, "prune": 1}
 

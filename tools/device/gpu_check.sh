@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # The GPU rows of docs/BENCHMARKS.md (issue "training speed") on one H100/H200, short rows first, so that a
 # call cut short still brings back the most:
-#   1. the GPU tests: the kernels' and the fused CE's bf16 parity, and the trainer step under CUDA's sync debug
-#      mode (pytest -m gpu, verbose: a timed-out run still shows which passed)
-#   2. fused linear + CE against logits-then-CE: peak memory and time, 8k tokens x 128k vocab (Llama-3-1B's head)
+#   1. the GPU tests (at most 45 s): the kernels' and the fused CE's bf16 parity, and the trainer step under CUDA's
+#      sync debug mode (pytest -m gpu, verbose: a timed-out run still shows which passed)
+#   2. fused linear + CE against logits-then-CE (20 s): peak memory and time, 8k tokens x 128k vocab (Llama-3-1B's head)
 #   3. the real trainer's step (tools/bench_train.py: Trainer, masks, DRO, DeepSpeed, logging), SmolLM2-135M,
-#      8 x 2048 tokens, cpt and prune, ZeRO "auto" (stage 1 at world size 1) against ZeRO stage 0
+#      8 x 2048 tokens, cpt and prune, ZeRO "auto" (stage 1 at world size 1) (50 s)
 #   4. the same at the 0.94B LLaMA shape (random weights, SmolLM2's tokenizer), 4 x 2048 tokens: ZeRO "auto"
-#      against ZeRO-3 at world size 1
-#   5. what time is left: SmolLM2-135M with model.compile (torch.compile per decoder layer, plain-torch masked ops)
+#      against ZeRO-3 at world size 1 (60 s)
+#   5. what time is left: SmolLM2-135M under ZeRO stage 0 (DeepSpeed's per-step work without ZeRO's partitioned
+#      optimizer), then with model.compile (torch.compile per decoder layer over the plain-torch masked ops)
 # Every row writes its log and JSON under $OUT as it finishes (bench_train.py rewrites its JSON after each of
 # its own rows), a row that fails is recorded and skipped, and $OUT/gpu_summary.json sums up the numbers.
 # DEADLINE (epoch seconds) cuts every row to the time left; bench_train.py skips its rows that no longer fit.
 #
-#   bash tools/device/gpu_check.sh                       # in the repository root on the GPU machine (~150 s)
+#   DEADLINE=$(( $(date +%s) + 150 )) bash tools/device/gpu_check.sh   # in the repository root on the GPU machine
 #   QUICK=1 BENCH_MODEL=DIR bash tools/device/gpu_check.sh   # smoke run on CPU with a tiny HF model folder
 #
-# On the workplace's device machine, tools/device/device_session.sh brings DeepSpeed, the model and the data, and calls
-# this with DEADLINE set; without DeepSpeed the trainer rows fail (the trainer needs it) and are recorded.
+# On the workplace's device machine, tools/device/device_session.sh brings DeepSpeed, the model and the data,
+# and calls this with DEADLINE set (CHECK_S); without DeepSpeed the trainer rows fail (the trainer needs it)
+# and are recorded.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/bench/gpu}
@@ -30,7 +32,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 
 row() {  # row NAME TIMEOUT_S COMMAND...: run one measurement, keep its log, record a failure and go on
-  local name=$1 limit=$2 left=$(( DEADLINE - $(date +%s) - 5 ))
+  local name=$1 limit=$(( $2 * SCALE )) left=$(( DEADLINE - $(date +%s) - 5 ))
   shift 2
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 10 ]; then
@@ -43,36 +45,11 @@ row() {  # row NAME TIMEOUT_S COMMAND...: run one measurement, keep its log, rec
   else
     grep -E "^\||step time|fused / unfused|passed|failed| / " "$OUT/$name.log" | tail -14
   fi
+  summarise
 }
 
-SEQ=2048; SMALL_MB=8; LARGE_MB=4; TOKENS=8192; HIDDEN=2048; STEPS=(--steps 8 --chunks 2 --warmup 3)
-LARGE="hidden_size=2048,intermediate_size=5504,num_attention_heads=16,num_key_value_heads=16,num_hidden_layers=16"
-LARGE="$LARGE,head_dim=128,tie_word_embeddings=false"
-LARGE_VARIANTS=(--variant auto=deepspeed.config=ds_configs/auto.json --variant zero3=zero_stage=3)
-if [ "${QUICK:-0}" = 1 ]; then  # the script's paths on CPU in about a minute: one variant at the large shape, no compile
-  SEQ=32; SMALL_MB=2; LARGE_MB=2; TOKENS=64; HIDDEN=32; STEPS=(--steps 2 --chunks 1 --warmup 1)
-  LARGE_VARIANTS=(--variant zero3=zero_stage=3)
-  LARGE="hidden_size=96,intermediate_size=192,num_attention_heads=4,num_key_value_heads=4,num_hidden_layers=2"
-  LARGE="$LARGE,head_dim=24"
-fi
-# 1. parity and the sync-free step on the device
-row gpu_tests 45 $PY -m pytest -v -p no:cacheprovider -m gpu tests/kernels/test_kernels_gpu.py \
-  tests/kernels/test_speed_fused_ce.py tests/tools/test_train_bench.py
-# 2. fused CE: Llama-3-1B's head (d 2048, vocab 128256), one 8k-token micro-batch, bf16
-row loss_8k_128k 25 $PY tools/bench_loss.py --tokens $TOKENS --hidden $HIDDEN --vocab 128256 --dtype bf16 --reps 3 \
-  --out "$OUT/loss_8k_128k.json"
-# 3. and 4. the trainer's step; --deadline leaves each run time to write its JSON
-BENCH=($PY tools/bench_train.py --model "$MODEL" --seq $SEQ "${STEPS[@]}" --work runs/bench/train_work
-       deepspeed.precision=bf16 logging.log_interval=10 dro.method=drpruning dro.update_interval=5)
-row train_smollm2 80 "${BENCH[@]}" --micro-batch $SMALL_MB --deadline $(( DEADLINE - 8 )) --min-row-s 12 \
-  --variant auto=deepspeed.config=ds_configs/auto.json --variant zero0=zero_stage=0 --out "$OUT/train_smollm2.json"
-row train_1b 70 "${BENCH[@]}" --shape "$LARGE" --micro-batch $LARGE_MB --deadline $(( DEADLINE - 8 )) --min-row-s 15 \
-  "${LARGE_VARIANTS[@]}" --out "$OUT/train_1b.json"
-# 5. if time is left: torch.compile of the decoder layers over the plain-torch masked ops (against row 3's "auto")
-[ "${QUICK:-0}" = 1 ] || row train_smollm2_compile 60 "${BENCH[@]}" --micro-batch $SMALL_MB --deadline $(( DEADLINE - 8 )) --min-row-s 30 \
-  --modes prune,cpt --variant compile=model.compile=true,model.use_kernels=torch --out "$OUT/train_smollm2_compile.json"
-
-$PY - "$OUT" <<'EOF'
+summarise() {  # $OUT/gpu_summary.json from what has finished so far: a call cut short still has one
+  $PY - "$OUT" <<'EOF' >/dev/null
 import json, sys
 from pathlib import Path
 
@@ -99,3 +76,36 @@ for path in sorted(out.glob("*.json")):
 (out / "gpu_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 print(json.dumps(summary, indent=1))
 EOF
+}
+
+SCALE=1  # the rows' time caps are sized for the GPU machine (16 idle cores); QUICK=1 on a CPU gets 4x
+SEQ=2048; SMALL_MB=8; LARGE_MB=4; TOKENS=8192; HIDDEN=2048; STEPS=(--steps 6 --chunks 2 --warmup 2)
+LARGE="hidden_size=2048,intermediate_size=5504,num_attention_heads=16,num_key_value_heads=16,num_hidden_layers=16"
+LARGE="$LARGE,head_dim=128,tie_word_embeddings=false"
+LARGE_VARIANTS=(--variant auto=deepspeed.config=ds_configs/auto.json --variant zero3=zero_stage=3)
+if [ "${QUICK:-0}" = 1 ]; then  # the script's paths on CPU in about a minute: rows 1-4, one variant and mode at 4
+  SEQ=32; SMALL_MB=2; LARGE_MB=2; TOKENS=64; HIDDEN=32; STEPS=(--steps 2 --chunks 1 --warmup 1); SCALE=4
+  LARGE_VARIANTS=(--variant zero3=zero_stage=3 --modes prune)
+  LARGE="hidden_size=96,intermediate_size=192,num_attention_heads=4,num_key_value_heads=4,num_hidden_layers=2"
+  LARGE="$LARGE,head_dim=24"
+fi
+# 1. parity and the sync-free step on the device
+row gpu_tests 45 $PY -m pytest -v -p no:cacheprovider -m gpu tests/kernels/test_kernels_gpu.py \
+  tests/kernels/test_speed_fused_ce.py tests/tools/test_train_bench.py
+# 2. fused CE: Llama-3-1B's head (d 2048, vocab 128256), one 8k-token micro-batch, bf16
+row loss_8k_128k 20 $PY tools/bench_loss.py --tokens $TOKENS --hidden $HIDDEN --vocab 128256 --dtype bf16 --reps 3 \
+  --out "$OUT/loss_8k_128k.json"
+# 3.-6. the trainer's step, each row its own process; --deadline leaves each run the time to write its JSON
+BENCH=($PY tools/bench_train.py --model "$MODEL" --seq $SEQ "${STEPS[@]}" --work runs/bench/train_work
+       --deadline $(( DEADLINE - 6 )) deepspeed.precision=bf16 logging.log_interval=10 dro.method=drpruning
+       dro.update_interval=5)
+row train_smollm2 50 "${BENCH[@]}" --micro-batch $SMALL_MB --min-row-s 10 \
+  --variant auto=deepspeed.config=ds_configs/auto.json --out "$OUT/train_smollm2.json"
+row train_1b 60 "${BENCH[@]}" --shape "$LARGE" --micro-batch $LARGE_MB --min-row-s 12 "${LARGE_VARIANTS[@]}" \
+  --out "$OUT/train_1b.json"
+[ "${QUICK:-0}" = 1 ] || row train_smollm2_zero0 30 "${BENCH[@]}" --micro-batch $SMALL_MB --min-row-s 10 \
+  --variant zero0=zero_stage=0 \
+  --out "$OUT/train_smollm2_zero0.json"
+[ "${QUICK:-0}" = 1 ] || row train_smollm2_compile 60 "${BENCH[@]}" --micro-batch $SMALL_MB --min-row-s 30 \
+  --modes prune,cpt --variant compile=model.compile=true,model.use_kernels=torch --out "$OUT/train_smollm2_compile.json"
+cat "$OUT/gpu_summary.json"
