@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU rows of docs/BENCHMARKS.md (issue "training speed") on one H100/H200, short rows first, so that a
 # call cut short still brings back the most:
-#   1. the GPU tests (at most 45 s): the kernels' and the fused CE's bf16 parity, and the trainer step under CUDA's
+#   1. the GPU tests (at most 35 s): the kernels' and the fused CE's bf16 parity, and the trainer step under CUDA's
 #      sync debug mode (pytest -m gpu, verbose: a timed-out run still shows which passed)
-#   2. fused linear + CE against logits-then-CE (20 s): peak memory and time, 8k tokens x 128k vocab (Llama-3-1B's head)
+#   2. fused linear + CE against logits-then-CE (15 s): peak memory and time, 8k tokens x 128k vocab (Llama-3-1B's head)
 #   3. the real trainer's step (tools/bench_train.py: Trainer, masks, DRO, DeepSpeed, logging), SmolLM2-135M,
-#      8 x 2048 tokens, cpt and prune, ZeRO "auto" (stage 1 at world size 1) (50 s)
+#      8 x 2048 tokens, cpt and prune, ZeRO "auto" (stage 1 at world size 1) (45 s)
 #   4. the same at the 0.94B LLaMA shape (random weights, SmolLM2's tokenizer), 4 x 2048 tokens: ZeRO "auto"
 #      against ZeRO-3 at world size 1 (60 s)
 #   5. what time is left: SmolLM2-135M under ZeRO stage 0 (DeepSpeed's per-step work without ZeRO's partitioned
@@ -90,16 +90,16 @@ if [ "${QUICK:-0}" = 1 ]; then  # the script's paths on CPU in about a minute: r
   LARGE="$LARGE,head_dim=24"
 fi
 # 1. parity and the sync-free step on the device
-row gpu_tests 45 $PY -m pytest -v -p no:cacheprovider -m gpu tests/kernels/test_kernels_gpu.py \
+row gpu_tests 35 $PY -m pytest -v -p no:cacheprovider -m gpu tests/kernels/test_kernels_gpu.py \
   tests/kernels/test_speed_fused_ce.py tests/tools/test_train_bench.py
 # 2. fused CE: Llama-3-1B's head (d 2048, vocab 128256), one 8k-token micro-batch, bf16
-row loss_8k_128k 20 $PY tools/bench_loss.py --tokens $TOKENS --hidden $HIDDEN --vocab 128256 --dtype bf16 --reps 3 \
+row loss_8k_128k 15 $PY tools/bench_loss.py --tokens $TOKENS --hidden $HIDDEN --vocab 128256 --dtype bf16 --reps 3 \
   --out "$OUT/loss_8k_128k.json"
 # 3.-6. the trainer's step, each row its own process; --deadline leaves each run the time to write its JSON
 BENCH=($PY tools/bench_train.py --model "$MODEL" --seq $SEQ "${STEPS[@]}" --work runs/bench/train_work
        --deadline $(( DEADLINE - 6 )) deepspeed.precision=bf16 logging.log_interval=10 dro.method=drpruning
        dro.update_interval=5)
-row train_smollm2 50 "${BENCH[@]}" --micro-batch $SMALL_MB --min-row-s 10 \
+row train_smollm2 45 "${BENCH[@]}" --micro-batch $SMALL_MB --min-row-s 10 \
   --variant auto=deepspeed.config=ds_configs/auto.json --out "$OUT/train_smollm2.json"
 row train_1b 60 "${BENCH[@]}" --shape "$LARGE" --micro-batch $LARGE_MB --min-row-s 12 "${LARGE_VARIANTS[@]}" \
   --out "$OUT/train_1b.json"
