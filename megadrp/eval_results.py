@@ -1,4 +1,5 @@
-"""Markdown tables of evaluation results: one row per domain (+ average, worst), one column per model."""
+"""Markdown tables of evaluation results: one row per domain (+ average, worst), one column per model; and the
+speed table (one row per model, ratios to the source)."""
 from __future__ import annotations
 
 import json
@@ -63,6 +64,10 @@ def markdown_report(results: dict[str, dict], tasks: dict | None = None) -> str:
     for label, res in held.items():
         for d, reason in res.get("skipped", {}).items():
             parts.append(f"- {label}: domain `{d}` skipped: {reason}")
+    speed = speed_table(results)
+    if speed:
+        parts.append("\n## Speed and memory\n")
+        parts.append(speed)
     if tasks:
         parts.append("\n## lm-eval-harness\n")
         parts.append(tasks_table(tasks))
@@ -82,3 +87,55 @@ def tasks_table(tasks: dict[str, dict]) -> str:
                 if isinstance(value, (int, float)) and not name.startswith("alias"):
                     lines.append(f"| {task} | {name} | {value:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _baseline(results: dict[str, dict]) -> str:
+    """The label speed ratios are to: ``source`` when there is one, else the first model."""
+    return "source" if "source" in results else next(iter(results))
+
+
+def speed_table(results: dict[str, dict]) -> str:
+    """``megadrp eval --speed`` results as one row per model, each number with its ratio to the source; "" when no
+    model was measured. Speed ratios > 1 are faster, memory ratios < 1 smaller."""
+    results = results.get("models", results)
+    measured = {label: r["speed"] for label, r in results.items() if isinstance(r, dict) and r.get("speed")}
+    if not measured:
+        return ""
+    base = measured.get(_baseline(measured)) or next(iter(measured.values()))
+    first = next(iter(measured.values()))
+    pre, bn = first["prefill"], first["decode"][1]
+
+    def cell(value, ref, pattern):
+        if value is None:
+            return "—"
+        ratio = f" ({value / ref:.2f}x)" if ref else ""
+        return pattern.format(value) + ratio
+
+    lines = [f"| model | non-embedding params | prefill tokens/s ({pre['batch']} x {pre['tokens']}) | "
+             f"decode tokens/s (batch 1) | ms/token (batch 1) | decode tokens/s (batch {bn['batch']}) | "
+             f"peak memory MiB | weights MiB |", "|---|" + "---:|" * 7]
+    for label, sp in measured.items():
+        ne, ne_ref = results[label].get("non_embedding_params"), results.get(_baseline(measured), {}).get(
+            "non_embedding_params")
+        cells = [cell(ne / 1e6 if ne else None, ne_ref / 1e6 if ne_ref and ne else None,
+                      "{:.1f}M" if (ne or 0) >= 1e5 else "{:.4f}M"),
+                 cell(sp["prefill"]["tokens_per_s"], base["prefill"]["tokens_per_s"], "{:.0f}"),
+                 cell(sp["decode"][0]["tokens_per_s"], base["decode"][0]["tokens_per_s"], "{:.1f}"),
+                 cell(sp["decode"][0]["ms_per_token"], base["decode"][0]["ms_per_token"], "{:.1f}"),
+                 cell(sp["decode"][1]["tokens_per_s"], base["decode"][1]["tokens_per_s"], "{:.1f}"),
+                 cell(sp.get("peak_memory_mb"), base.get("peak_memory_mb"), "{:.0f}"),
+                 cell(sp["weights_mb"], base["weights_mb"], "{:.0f}" if sp["weights_mb"] >= 10 else "{:.2f}")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + machine_line(first) + "\n"
+
+
+def machine_line(speed: dict) -> str:
+    """One sentence naming where and how the speed was measured."""
+    m, d1 = speed.get("machine", {}), speed["decode"][0]
+    where = f"GPU {m['gpu']}" if m.get("gpu") else f"CPU {m.get('cpu')} ({m.get('cores')} cores, " \
+        f"{m.get('torch_threads')} torch threads)"
+    return (f"Measured on {where}, {speed.get('dtype')}, torch {m.get('torch')}, transformers "
+            f"{m.get('transformers')}, stock `AutoModelForCausalLM` with its KV cache; decode: {d1['prompt_tokens']}-"
+            f"token prompt, {d1['new_tokens']} greedy tokens; medians of repeated runs, each model in a fresh process "
+            f"(peak memory: {speed.get('peak_memory_kind')}). Ratios are to the "
+            "source measured in the same run; a ratio above 1 is faster (speed) or larger (memory, parameters).")

@@ -360,7 +360,11 @@ class StagesConfig:
     nproc: int = opt(1, "Ranks of each training stage on this machine (`megadrp MODE --nproc`).")
     evaluate: bool = opt(True, "Score the source, the cut and the final model per domain (needs stages.corpus), "
                          "write RUN_DIR/eval.json and eval.md and the table into the export's model card.")
+    speed: bool = opt(True, "With the evaluation, measure each model's prefill and decode speed and peak memory "
+                      "(megadrp eval --speed: each model in a fresh process, ratios to the source).")
     report: bool = opt(True, "Plots and a summary of the last training stage in RUN_DIR/report.")
+    gguf: list = opt(None, "GGUF files (llama.cpp) to write into the export, of the types f16 and/or q8_0, each "
+                     "checked by reading it back (megadrp export --gguf).", factory=list)
 
     def check(self, prefix: str = "stages"):
         _positive(f"{prefix}.cut_steps", self.cut_steps, allow_zero=True)
@@ -368,6 +372,8 @@ class StagesConfig:
         _positive(f"{prefix}.nproc", self.nproc)
         if self.cut in ("prune", "dress") and self.cut_steps == 0:
             raise ConfigError(f"{prefix}.cut_steps", 0, f"stages.cut={self.cut} trains: give its steps (> 0)")
+        if any(q not in ("f16", "q8_0") for q in self.gguf):
+            raise ConfigError(f"{prefix}.gguf", self.gguf, "a list of GGUF types: f16, q8_0")
         if self.cut in ("oneshot", "none") and self.cut_steps:
             raise ConfigError(f"{prefix}.cut_steps", self.cut_steps, f"stages.cut={self.cut} trains nothing: 0")
 

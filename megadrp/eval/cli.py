@@ -4,7 +4,9 @@ Each ``--model`` (and ``--compare``) is a HF folder or a megadrp checkpoint (exp
 folder first), optionally labelled ``LABEL=PATH``. With ``--corpus`` all models are scored on the same
 windows of its held-out split (or, with ``--text``, of whole text files); ``--tasks``
 adds (or, without ``--corpus``, gives) lm-eval-harness results,
-from lm-eval's registered tasks and local task folders (``--include-path``). ``--update-card`` writes the
+from lm-eval's registered tasks and local task folders (``--include-path``). ``--speed`` measures each model's
+prefill and decode speed and peak memory in a fresh process (megadrp/eval/speed.py), tabled as ratios to the
+model labelled ``source`` (else the first). ``--update-card`` writes the
 results into the model card of every evaluated ``megadrp export`` folder (docs/EXPORT.md).
 Output JSON: ``{"models": {label: {path, shape, num_params, domains?, average?, worst?, skipped?, protocol?,
 corpus?, tasks?}}}`` (``corpus``: the identity of the corpus scored, megadrp.data.corpus_manifest).
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", nargs="+", default=[], metavar="DIR",
                    help="folders of lm-eval task YAML files, whose tasks --tasks may name (lm-eval's --include_path)")
     p.add_argument("--tasks-limit", type=int, default=None, help="lm-eval: examples per task (quick checks)")
+    p.add_argument("--speed", action="store_true",
+                   help="also measure prefill and decode speed (batch 1 and a serving batch) and peak memory of "
+                        "each model, each in a fresh process")
     p.add_argument("--update-card", action="store_true",
                    help="write the results into the README.md model card of each evaluated megadrp export folder")
     return p
@@ -83,10 +88,12 @@ def evaluate_cli_models(models: dict[str, str], texts, args, tasks: list[str]) -
     for label, path in models.items():
         print(f"[eval] {label}: {path}", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="megadrp_eval_") as scratch:
-            model, tok = load_hf(resolve_model_dir(path, scratch), device=args.device)
+            folder = resolve_model_dir(path, scratch)
+            model, tok = load_hf(folder, device=args.device)
             # The shape tells a card which column is the export and which its source (megadrp.export.card).
             res = {"path": str(path), "shape": {f: getattr(model.config, f, None) for f in MATCH_FIELDS},
-                   "num_params": sum(p.numel() for p in model.parameters())}
+                   "num_params": sum(p.numel() for p in model.parameters()),
+                   "non_embedding_params": _non_embedding(model)}
             if texts is not None:
                 res.update(evaluate_domains(model, tok, texts, seq_length=args.seq_length,
                                             max_windows=args.max_windows, batch_size=args.batch_size, progress=True))
@@ -96,8 +103,22 @@ def evaluate_cli_models(models: dict[str, str], texts, args, tasks: list[str]) -
                 if "error" in res["tasks"]:
                     print(f"[eval] {label}: {res['tasks']['error']}", file=sys.stderr)
             del model
+            if args.speed:
+                from megadrp.eval.speed import measure_in_subprocess
+
+                print(f"[eval] {label}: measuring speed and memory in a fresh process", file=sys.stderr)
+                res["speed"] = measure_in_subprocess(str(folder), args.device)
         out[label] = res
     return out
+
+
+def _non_embedding(model) -> int:
+    """Parameters outside the token embedding and an untied LM head: what pruning changes."""
+    embed = {id(model.get_input_embeddings().weight)}
+    head = model.get_output_embeddings()
+    if head is not None:
+        embed.add(id(head.weight))
+    return sum(p.numel() for p in model.parameters() if id(p) not in embed)
 
 
 def _card_folders(models: dict[str, str]) -> list[Path]:
@@ -111,9 +132,10 @@ def _check_request(args, models: dict[str, str], tasks: list[str]) -> str | None
 
     if args.corpus and args.text:
         return "give --corpus or --text, not both: their rows would share one average; run eval once for each"
-    if args.corpus is None and not args.text and not tasks:
-        return "give --corpus (held-out per-domain scores), --text (files), --tasks (lm-eval tasks), or both"
-    if args.corpus is None and not args.text and not lm_eval_available():
+    if args.corpus is None and not args.text and not tasks and not args.speed:
+        return ("give --corpus (held-out per-domain scores), --text (files), --tasks (lm-eval tasks) and/or "
+                "--speed")
+    if args.corpus is None and not args.text and tasks and not lm_eval_available():
         return MISSING.split(";")[0] + "; without --corpus there is nothing else to evaluate"
     if args.update_card and not _card_folders(models):
         return ("--update-card: none of the models is a `megadrp export` folder (with megadrp_export.json); "
@@ -205,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in _card_folders(models):
             print(f"[eval] model card updated: {update_card_evaluation(folder, {'models': results})}", file=sys.stderr)
     print(markdown)
-    if texts is None and all("error" in r for r in task_results.values()):
+    if texts is None and not args.speed and all("error" in r for r in task_results.values()):
         return 2  # tasks were all there was to evaluate, and none ran
     return 0
 

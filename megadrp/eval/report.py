@@ -50,13 +50,14 @@ def _sparsity_table(log: MetricsLog) -> list[str]:
 
 
 def _eval_json_section(path: Path) -> list[str]:
-    from megadrp.eval_results import markdown_table
+    from megadrp.eval_results import markdown_table, speed_table
 
     try:
         data = json.loads(path.read_text())
         results = data.get("models", data)
+        speed = speed_table(results)
         return ["## Held-out evaluation (`eval.json`)\n", markdown_table(results, "bits_per_byte"),
-                markdown_table(results, "loss")]
+                markdown_table(results, "loss")] + (["## Speed and memory\n", speed] if speed else [])
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         return [f"## Held-out evaluation\n\n`{path.name}` could not be read as `megadrp eval` output ({err}).\n"]
 

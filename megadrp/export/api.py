@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -32,6 +33,7 @@ from megadrp.export.writer import (
 from megadrp.model.units import TARGET_FIELDS
 
 log = logging.getLogger(__name__)
+COMMAND_ENV = "MEGADRP_COMMAND"  # the command a card says made the model (set by `megadrp run` for its stages)
 
 
 def expected_shape(source, target: Optional[Mapping[str, Any]]) -> dict[str, int]:
@@ -152,24 +154,30 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
     from megadrp.model.families import get_family
 
     info = dict(card_info or {})
+    info.setdefault("command", os.environ.get(COMMAND_ENV))  # `megadrp run` names itself to every stage
     info.update(family=family_name, architecture=get_family(family_name).architecture,
                 source_shape=source_shape.to_dict(), achieved_shape=achieved.to_dict(),
                 target_shape=expected_shape(source_shape, target) if target is not None else None,
                 num_params=_num_params(hf_sd), source_num_params=source_shape.num_params(),
                 non_embedding_params=achieved.num_params(include_embeddings=False),
                 source_non_embedding_params=source_shape.num_params(include_embeddings=False),
-                tie_word_embeddings=achieved.tie_word_embeddings, source_tied=source_shape.tie_word_embeddings,
-                name=info.get("name") or Path(out_dir).name)
+                tie_word_embeddings=achieved.tie_word_embeddings, source_tied=source_shape.tie_word_embeddings)
     # The source folder, else the checkpoint's copy of its card and license (the source may be gone by now).
     known = next((d for d in (source_model_dir, tokenizer_src) if d and Path(d).is_dir()), None)
     info.setdefault("base_model", source_hub_id(known) or base_model_id(source_model_dir or known))
     info.setdefault("base_model_is_hub_id", source_hub_id(known) is not None)
     info.setdefault("license", source_license(known))
-    origin = megadrp_origin(source_model_dir).get("source_shape")
-    if origin:  # the source is a megadrp export: count against the model it was cut from, too
+    record = megadrp_origin(source_model_dir)
+    origin = record.get("origin_shape") or record.get("source_shape")
+    if origin:  # the source is a megadrp export: count against the model the lineage began with, too
         from megadrp.model.shape import ModelShape
 
+        info["origin_shape"] = origin
         info["origin_non_embedding_params"] = ModelShape.from_dict(origin).num_params(include_embeddings=False)
+        info["origin_num_params"] = ModelShape.from_dict(origin).num_params()
+    # The whole pipeline, stage by stage: the source's own stages (a cut that this run recovered), then this one.
+    info["pipeline"] = list(record.get("pipeline") or ([_stage_record(record)] if record else [])) + [
+        _stage_record(info)]
     with AtomicFolder(out_dir) as tmp:
         config = hf_config(achieved, family_name, dtype)
         config.save_pretrained(tmp)
@@ -182,7 +190,8 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
         build_model_card(info).save(tmp / "README.md")
         (tmp / EXPORT_MARKER).write_text(json.dumps(
             {k: info[k] for k in ("family", "source_shape", "achieved_shape", "target_shape", "num_params",
-                                  "source_num_params", "step", "tokens_seen", "mode") if k in info},
+                                  "source_num_params", "step", "tokens_seen", "mode", "origin_shape", "pipeline",
+                                  "name") if info.get(k) is not None},
             indent=2, default=str) + "\n")
     out = Path(out_dir).absolute()
     if push_to_hub:
@@ -190,6 +199,17 @@ def export_from_model(model_state_internal: Mapping[str, torch.Tensor], masks: O
 
         push_folder(out, push_to_hub, private=private)
     return out
+
+
+def _stage_record(info: Mapping[str, Any]) -> dict:
+    """One stage of the pipeline as the card tells it: the method, its budget, its domain rule, its command."""
+    distill = info.get("distill") or {}
+    rec = {k: info.get(k) for k in ("mode", "step", "tokens_seen", "dro_method", "criterion", "calibration_tokens",
+                                    "command")}
+    if float(distill.get("alpha") or 0) > 0:
+        rec["distill_alpha"], rec["teacher"] = float(distill["alpha"]), Path(str(distill.get("teacher") or "")).name
+    rec["non_embedding_params"] = info.get("non_embedding_params")
+    return {k: v for k, v in rec.items() if v not in (None, "")}
 
 
 def _eval_results(ckpt: Path, eval_json: Optional[str]) -> Optional[dict]:

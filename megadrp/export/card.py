@@ -50,15 +50,17 @@ def _models(results: dict) -> dict[str, dict]:
 
 def eval_table(results: dict) -> str:
     """Markdown of an eval JSON: megadrp.eval's held-out and lm-eval tables, else a flat metric list."""
-    from megadrp.eval_results import markdown_table, protocol_line, tasks_table
+    from megadrp.eval_results import markdown_table, protocol_line, speed_table, tasks_table
 
     try:
         models = _models(results)
         held = {k: v for k, v in models.items() if isinstance(v, dict) and "domains" in v}
         tasks = {k: v["tasks"] for k, v in models.items() if isinstance(v, dict) and v.get("tasks")}
-        if held or tasks:
+        speed = speed_table(models)
+        if held or tasks or speed:
             parts = [protocol_line(held), markdown_table(held, "bits_per_byte"),
                      markdown_table(held, "loss")] if held else []
+            parts += ["### Speed and memory\n", speed] if speed else []  # a subsection: the card's ## sections
             return "\n".join(parts + (["lm-eval-harness:\n", tasks_table(tasks)] if tasks else []))
     except (KeyError, TypeError, AttributeError):
         pass
@@ -147,13 +149,77 @@ def _method_lines(info: dict) -> list[str]:
         lines.append("- Target shape: " + ", ".join(f"{k} {target[k]} (source {src.get(k, '—')})"
                                                     for k in target if target[k] != src.get(k)) + ".")
     n, n_src = info.get("non_embedding_params"), info.get("source_non_embedding_params")
-    if n and n_src:
+    if n and n_src and not (info.get("origin_non_embedding_params") and n == n_src):  # a recovered cut: said below
         lines.append(f"- Non-embedding parameters: {n:,} of the source's {n_src:,} ({n / n_src:.1%}).")
     n_origin = info.get("origin_non_embedding_params")
     if n and n_origin:
         lines.append(f"- The source is itself a megadrp export, cut from `{info.get('base_model')}`: {n:,} of that "
                      f"model's {n_origin:,} non-embedding parameters ({n / n_origin:.1%}).")
     return lines
+
+
+STAGES = {
+    "oneshot": "One-shot cut by {criterion} importance on {calibration_tokens} calibration tokens, no training",
+    "prune": "Learned hard-concrete masks for {step} steps ({tokens_seen} tokens), domain reweighting {dro_method}; "
+             "masks folded, pruned units sliced away",
+    "dress": "DReSS: the selected units regularised towards zero for {step} steps ({tokens_seen} tokens), then "
+             "removed",
+    "cpt": "Recovery: continued pretraining for {step} steps ({tokens_seen} tokens), domain reweighting {dro_method}",
+}
+
+
+def _count(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n if n is not None else "—")
+
+
+def model_name(info: dict[str, Any]) -> str:
+    """The card's title: an explicit name, else BASE-pruned-RATIOx (non-embedding parameters against the model
+    the lineage began with)."""
+    if info.get("name"):
+        return str(info["name"])
+    base = str(info.get("base_model") or "model").rstrip("/").split("/")[-1]
+    n, n0 = info.get("non_embedding_params"), info.get("origin_non_embedding_params") or \
+        info.get("source_non_embedding_params")
+    return f"{base}-pruned-{n / n0:.2f}x" if n and n0 and n != n0 else f"{base}-megadrp"
+
+
+def _lead(info: dict[str, Any], name: str) -> list[str]:
+    """What the model is, against the original source, and how it was made, stage by stage."""
+    base = info.get("base_model") or "its source"
+    n = info.get("non_embedding_params")
+    n0 = info.get("origin_non_embedding_params") or info.get("source_non_embedding_params")
+    total, total0 = info.get("num_params"), info.get("origin_num_params") or info.get("source_num_params")
+    lines = [f"# {name}\n"]
+    size = (f" It keeps {n / 1e6:.1f}M of `{base}`'s {n0 / 1e6:.1f}M non-embedding parameters ({n / n0:.2f}x); "
+            f"{total / 1e6:.1f}M parameters in all against {total0 / 1e6:.1f}M." if n and n0 and total and total0
+            else "")
+    lines.append(f"A structurally pruned `{base}`, made with megadrp: a dense `{info.get('architecture')}` that "
+                 f"stock `transformers` loads, no remote code.{size}\n")
+    stages = info.get("pipeline") or []
+    if stages:
+        lines.append("## How it was made\n")
+        for i, st in enumerate(stages, 1):
+            fields = {k: _count(st.get(k)) for k in ("step", "tokens_seen", "calibration_tokens")}
+            fields.update(criterion=st.get("criterion") or "activation", dro_method=st.get("dro_method") or "none")
+            text = STAGES.get(st.get("mode"), st.get("mode") or "?").format(**fields)
+            if st.get("distill_alpha"):
+                text += f", distilled from `{st.get('teacher') or 'the source'}` (KD weight {st['distill_alpha']:g})"
+            if st.get("non_embedding_params"):
+                text += f" -> {st['non_embedding_params'] / 1e6:.1f}M non-embedding parameters"
+            lines.append(f"{i}. {text}.")
+        command = info.get("command") or next((st.get("command") for st in stages if st.get("command")), None)
+        if command:
+            lines.append(f"\nCommand: `{command}`")
+        lines.append("")
+    return lines
+
+
+def _usage(name: str) -> str:
+    return ("\n## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"tok = AutoTokenizer.from_pretrained(\"{name}\")  # or this folder\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{name}\")\n"
+            "out = model.generate(**tok(\"def fibonacci(n):\", return_tensors=\"pt\"), max_new_tokens=32)\n"
+            "print(tok.decode(out[0]))\n```\n")
 
 
 def build_model_card(info: dict[str, Any]):
@@ -165,8 +231,9 @@ def build_model_card(info: dict[str, Any]):
         ({"license": info["license"]} if info.get("license") else {})
     data = ModelCardData(library_name="transformers", base_model=base, pipeline_tag="text-generation",
                          tags=["megadrp", "pruned", info.get("family", "llama")], **lic)
-    parts = [f"# {info.get('name', 'megadrp export')}\n",
-             f"A dense `{info.get('architecture')}` exported by megadrp from `{base or 'a megadrp checkpoint'}`.\n",
+    name = model_name(info)
+    parts = [*_lead(info, name), "## Details\n",
+             f"Exported by megadrp from `{base or 'a megadrp checkpoint'}`.\n",
              *_method_lines(info),
              f"- Checkpoint step: {info.get('step', '—')}; tokens seen: {info.get('tokens_seen', '—')}."
              if info.get("step") is not None or info.get("tokens_seen") is not None else "",  # a one-shot cut: none
@@ -182,14 +249,15 @@ def build_model_card(info: dict[str, Any]):
              "" if not base or info.get("base_model_is_hub_id") else
              f"- `base_model: {base}` is the source folder's name, not a Hub id (none was found in its "
              "README or config): set it to the source's Hub id before publishing.",
-             "\n## Shape\n", _shape_table({k: v for k, v in (("source", info.get("source_shape")),
+             "\n## Shape\n", _shape_table({k: v for k, v in (("original", info.get("origin_shape")),
+                                                              ("source", info.get("source_shape")),
                                                               ("target", info.get("target_shape")),
                                                               ("achieved", info.get("achieved_shape"))) if v})]
     weights = info.get("domain_weights")
     if weights:
         parts += ["\n## Final domain weights\n", "| domain | weight |\n|---|---:|"]
         parts += [f"| {d} | {float(w):.4f} |" for d, w in weights.items()]
-    body = "\n".join(p for p in parts if p != "") + "\n"
+    body = "\n".join(p for p in parts if p != "") + "\n" + _usage(name)
     body = with_evaluation(body, info.get("eval"), info.get("source_shape"), info.get("achieved_shape"))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 

@@ -5,7 +5,7 @@ The recipe is an ordinary run config (every field of `megadrp config`) whose ``s
     tokenise   stages.corpus (a text corpus folder) with model.path's tokenizer   -> stages.bin_dir
     cut        stages.cut: oneshot | prune | dress | none                          -> RUN_DIR/pruned
     recover    `megadrp cpt` of the cut for stages.recovery_steps                  -> RUN_DIR/recover
-    export     the final model as a dense Hugging Face folder                      -> RUN_DIR/export
+    export     the final model as a dense Hugging Face folder (+ GGUF: stages.gguf)  -> RUN_DIR/export
     evaluate   source, cut and final model per domain, speed and memory            -> RUN_DIR/eval.json, eval.md
     report     plots and summary of the last training stage                        -> RUN_DIR/report
     hub        upload the export when export.push_to_hub names a repo
@@ -101,13 +101,17 @@ def run_recipe(config: str, overrides: list[str]) -> dict:
         st.export(last_run, export_dir, dtype=cfg.export.dtype)
     else:
         st.copy_folder(final, export_dir)
+    for quant in s.gguf:
+        st.gguf(export_dir, quant)
 
     out = {"export": export_dir, "cut": pruned if s.cut != "none" else None, "run": last_run}
     if s.evaluate:
-        progress.start("evaluate", "source, cut and final model per domain on the held-out split")
+        progress.start("evaluate", "source, cut and final model per domain on the held-out split"
+                       + (", then each one's speed and memory" if s.speed else ""))
         models = {"source": source, **({s.cut: pruned} if s.cut != "none" else {}), "pruned": export_dir}
         out["eval"] = os.path.join(run_dir, "eval.json")
-        st.evaluate(models, s.corpus, out["eval"], seq_length=cfg.eval.seq_length, max_windows=cfg.eval.max_windows)
+        st.evaluate(models, s.corpus, out["eval"], seq_length=cfg.eval.seq_length, max_windows=cfg.eval.max_windows,
+                    extra=["--speed"] if s.speed else [])
     if "report" in progress.names:
         progress.start("report", f"plots and summary of {last_run}")
         out["report"] = os.path.join(run_dir, "report")
@@ -135,8 +139,7 @@ def cut(cfg, config: str, common: list[str], progress: Progress) -> str:
     shape = ", ".join(f"{k} {v}" for k, v in vars(t).items() if v) if hasattr(t, "__dict__") else str(t)
     if s.cut == "oneshot":
         progress.start("cut", f"one-shot cut to {shape} (activation importance on calibration text)")
-        over = [*common, f"run_dir={run_dir}"]
-        return st.oneshot(config, run_dir, over, wanted=_stage("oneshot", config, over))
+        return st.oneshot(config, run_dir, common, wanted=_stage("oneshot", config, [*common, f"run_dir={run_dir}"]))
     mode = CUT_MODES[s.cut]
     first = os.path.join(run_dir, s.cut)
     progress.start("cut", f"`megadrp {mode}` to {shape} for {s.cut_steps} steps on {s.nproc} rank(s)")
@@ -179,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="the recipe (YAML, with a stages section)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every stage, e.g. run_dir=runs/mine")
     args = p.parse_intermixed_args(argv)
+    import shlex
+
+    # Every stage's model card says how the model was made: this command.
+    os.environ["MEGADRP_COMMAND"] = shlex.join(["megadrp", "run", "--config", args.config, *args.overrides])
     try:
         out = run_recipe(args.config, args.overrides)
     except (ConfigError, st.StageFailed) as err:
@@ -186,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(err, ConfigError) else 1
     print(f"\nDone in {_clock(out['seconds'])}. Results:")
     print(f"  model        : {out['export']}/  (AutoModelForCausalLM.from_pretrained loads it; README.md is its card)")
-    for key, what in (("cut", "the cut, before recovery"), ("run", "the last training run: metrics.jsonl, "
-                      "checkpoints/"), ("eval", "per-domain loss, perplexity, bits per byte (and eval.md)"),
-                      ("report", "summary.md and plots"), ("hub", "uploaded")):
+    described = (("cut", "the cut, before recovery"), ("run", "the last training run: metrics.jsonl, checkpoints/"),
+                 ("eval", "per-domain loss, perplexity, bits per byte; speed and memory (and eval.md)"),
+                 ("report", "summary.md and plots"), ("hub", "uploaded"))
+    for key, what in described:
         if out.get(key):
             print(f"  {key:<13}: {out[key]}  ({what})")
     md = os.path.splitext(out.get("eval") or "")[0] + ".md"

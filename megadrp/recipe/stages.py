@@ -87,6 +87,11 @@ def run(cmd: list[str], env: dict | None = None) -> float:
     return seconds
 
 
+def _quiet() -> list[str]:
+    """Progress bars for a person at a terminal; none in a log file, where each redraw would be a line."""
+    return [] if sys.stderr.isatty() else ["--no-progress"]
+
+
 def megadrp(*args: str) -> list[str]:
     return [sys.executable, "-m", "megadrp", *args]
 
@@ -154,7 +159,7 @@ def preprocess_corpus(corpus: str, tokenizer: str, bin_dir: str, domains: list[s
             print(f"cached: {prefix}_*.bin/.idx")
             continue
         run(megadrp("preprocess", "--input", *inputs, "--output-prefix", prefix, "--tokenizer", tokenizer,
-                    "--append-eod", "--per-domain", "--workers", str(workers), "--no-progress",
+                    "--append-eod", "--per-domain", "--workers", str(workers), *_quiet(),
                     "--overwrite"))  # the inputs are newer than the binaries: rebuilding them is the point
     return prefixes
 
@@ -270,8 +275,21 @@ def export(run_dir: str, out_dir: str, dtype: str = "float32") -> str:
     if newer(os.path.join(out_dir, "config.json"), str(run_format.checkpoints_dir(run_dir) / run_format.LATEST)):
         print(f"cached: {out_dir}")
         return out_dir
-    run(megadrp("export", run_dir, "--output", out_dir, "--dtype", dtype, "--no-progress"))
+    run(megadrp("export", run_dir, "--output", out_dir, "--dtype", dtype, *_quiet()))
     return out_dir
+
+
+def gguf(folder: str, quant: str) -> str:
+    """`megadrp export FOLDER --gguf QUANT` (written into FOLDER, checked by reading it back), unless a GGUF file
+    newer than the folder's weights exists."""
+    from megadrp.export.gguf_writer import gguf_name
+
+    path = str(gguf_name(folder, quant))
+    if newer(path, os.path.join(folder, "config.json")):
+        print(f"cached: {path}")
+        return path
+    run(megadrp("export", folder, "--gguf", quant), env=_ALL_CORES)
+    return path
 
 
 def copy_folder(src: str, dst: str) -> str:

@@ -293,6 +293,7 @@ class Trainer:
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {self.group.size}, "
              f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}"
              + (f" ({self.plan.zero_reason})" if self.plan.zero_reason else ""))
+        self._clock = (time.perf_counter(), self.step)  # this process's start: elapsed time and the ETA
         try:
             while self.step < cfg.optim.max_steps:
                 self._stop_if_signalled()
@@ -347,6 +348,11 @@ class Trainer:
             rec["skipped"] = True
         rec.update({k: v for k, v in out["extras"].items() if k != "lagrangian"})
         rec.update(self.mode.metrics(step))
+        # Wall time since this process started training, and the rest at its average pace so far (checkpoints and
+        # evaluations included, as the user waits for them too).
+        started, first = getattr(self, "_clock", None) or (time.perf_counter(), step - 1)  # set by train()
+        rec["elapsed_s"] = time.perf_counter() - started
+        rec["eta_s"] = rec["elapsed_s"] / max(step - first, 1) * (self.cfg.optim.max_steps - step)
         self.metrics.write(rec)
         self.wandb.log(rec)
         _log(step_line(rec, self.cfg.optim.max_steps, self.mode.step_line(rec)))

@@ -55,7 +55,15 @@ def step_line(rec: dict, max_steps: int, mode_part: str = "") -> str:
     if mode_part:
         parts.append(mode_part)
     parts.append(f"w {_fmt_map(rec.get('domain_weights', {}))}")
+    if "elapsed_s" in rec:
+        parts.append(f"{clock(rec['elapsed_s'])} elapsed, eta {clock(rec['eta_s'])}")
     return " | ".join(parts)
+
+
+def clock(seconds: float) -> str:
+    """``M:SS``, or ``H:MM:SS`` from an hour on."""
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 class Wandb:

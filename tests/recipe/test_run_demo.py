@@ -48,6 +48,7 @@ def _recipe_command(ws, run_dir: Path, *extra: str) -> list[str]:
             "stages.recovery_steps=6", "eval.max_windows=2", "eval.seq_length=32", *extra]
 
 
+@pytest.mark.timeout(1500)  # three runs of the recipe, each model's speed in its own process: minutes on 2 cores
 def test_demo_pipeline_end_to_end_then_cached(workspace):
     ws = workspace
     run_dir = ws["tmp"] / "runs" / "demo"
@@ -89,16 +90,32 @@ def test_demo_pipeline_end_to_end_then_cached(workspace):
     assert ev["source"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
     assert ev["oneshot"]["domains"]["code"]["loss"] != ev["pruned"]["domains"]["code"]["loss"]
     assert "| source | oneshot | pruned |" in (run_dir / "eval.md").read_text()
+    # beside the quality, each model's speed and memory (stages.speed), as ratios to the source
+    for label in ev:
+        sp = ev[label]["speed"]
+        assert sp["prefill"]["tokens_per_s"] > 0 and [d["batch"] for d in sp["decode"]] == [1, 4]
+    assert ev["pruned"]["speed"]["weights_mb"] < ev["source"]["speed"]["weights_mb"]
+    assert "## Speed and memory" in (run_dir / "eval.md").read_text()
     card = (run_dir / "export" / "README.md").read_text()
-    assert "| **average** |" in card  # eval --update-card
+    assert "| **average** |" in card and "### Speed and memory" in card  # eval --update-card
     # the recovered model's card names the lineage's model, not the unpublished cut it continued from
     source_name = Path(ws["model"]).name
     assert f"base_model: {source_name}" in card and "base_model: pruned" not in card
     assert f"cut from `{source_name}`" in card and "(42.1%)" not in card
+    # a card a person would publish: a name, the size against the original, the whole pipeline and its command
+    body = card.split("\n---\n", 1)[1].lstrip()
+    assert body.startswith(f"# {source_name}-pruned-0.") and "(100.0%)" not in card
+    made = body.split("## How it was made\n", 1)[1].split("\n## ", 1)[0]
+    assert "1. One-shot cut by activation importance on 128 calibration tokens, no training -> " in made
+    assert "2. Recovery: continued pretraining for 6 steps (768 tokens), domain reweighting drpruning, distilled " \
+        f"from `{source_name}` (KD weight 0.5)" in made
+    assert "Command: `megadrp run --config " in made and "stages.recovery_steps=6" in made
+    assert "## Use" in card and "AutoModelForCausalLM.from_pretrained" in card
     # 6: the report: a summary with the evaluation's table, and the plots
     report = run_dir / "report"
     summary = (report / "summary.md").read_text()
     assert "## Held-out evaluation" in summary and "| source | oneshot | pruned |" in summary
+    assert "## Speed and memory" in summary
     assert len(list(report.glob("*.png"))) >= 3
     assert f"model        : {run_dir}/export/" in out
 
