@@ -136,10 +136,12 @@ class _ActivationHooks:
         self.hidden += out.detach().float().abs().sum(dim=(0, 1)).double()
 
 
-def score_units(model, batches: Iterable[torch.Tensor], criterion: str = "activation") -> dict[str, torch.Tensor]:
+def score_units(model, batches: Iterable[torch.Tensor], criterion: str = "activation",
+                progress=None) -> dict[str, torch.Tensor]:
     """Scores ``layer`` [L], ``head`` [L, G], ``intermediate`` [L, m], ``hidden`` [d] (fp32, CPU).
 
-    ``batches``: token tensors [B, T+1] (inputs and shifted labels), as the domain sampler yields them.
+    ``batches``: token tensors [B, T+1] (inputs and shifted labels), as the domain sampler yields them;
+    ``progress(i)`` is called after the i-th batch (1-based).
     The model is left in its original train/eval state with no gradients.
     """
     if criterion not in CRITERIA:
@@ -152,7 +154,7 @@ def score_units(model, batches: Iterable[torch.Tensor], criterion: str = "activa
     hooks = _ActivationHooks(model, with_units=criterion == "activation")
     try:
         with hooks:
-            for tokens in batches:
+            for i, tokens in enumerate(batches, 1):
                 inputs, labels = tokens[:, :-1], tokens[:, 1:]
                 if criterion == "taylor":
                     model.zero_grad(set_to_none=True)
@@ -165,6 +167,8 @@ def score_units(model, batches: Iterable[torch.Tensor], criterion: str = "activa
                 else:
                     with torch.no_grad():
                         model(inputs)
+                if progress is not None:
+                    progress(i)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

@@ -63,7 +63,7 @@ def oneshot_prune(cfg, out_dir: Path, log=print) -> Path:
     tokens = sum(b[:, :-1].numel() for b in batches)
     log(f"scoring {plan.shape.num_hidden_layers} layers' units ({cfg.dress.criterion}) on {tokens} calibration "
         f"tokens from {len(plan.datasets)} domains")
-    scores = score_units(model, batches, cfg.dress.criterion)
+    scores = score_units(model, batches, cfg.dress.criterion, progress=_progress(len(batches), log))
     masks = select_units(scores, plan.shape, cfg.pruning.target)
     t = plan.target_shape
     log(f"scored in {time.time() - t0:.0f} s; cutting to {t.num_hidden_layers} layers, hidden {t.hidden_size}, "
@@ -80,6 +80,19 @@ def oneshot_prune(cfg, out_dir: Path, log=print) -> Path:
 
     list_export_files(Path(out))  # the scores are megadrp's too: replaced, not kept, by a later --overwrite
     return Path(out)
+
+
+def _progress(total: int, log):
+    """A line about every tenth of the calibration batches: how far, how long, how much longer."""
+    from megadrp.trainer.metrics import clock
+
+    start, every = time.time(), max(1, total // 10)
+
+    def tick(i: int) -> None:
+        if i % every == 0 or i == total:
+            spent = time.time() - start
+            log(f"calibration batch {i}/{total}, {clock(spent)} elapsed, eta {clock(spent / i * (total - i))}")
+    return tick
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,8 @@ def test_oneshot_cuts_the_lowest_scoring_units_and_matches_the_masked_source(ws)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp / "cut" / "pruned"
     assert "recover it with `megadrp cpt" in proc.stdout
+    for i in (1, 2, 3):  # the calibration's progress, batch by batch, with the time it took and will take
+        assert f"calibration batch {i}/3, " in proc.stdout and " elapsed, eta " in proc.stdout
     hf = json.loads((out / "config.json").read_text())
     assert {k: hf[k] for k in TARGET} == TARGET and hf["hidden_size"] == 64 and hf["num_hidden_layers"] == 4
     record = json.loads((out / "oneshot_scores.json").read_text())
