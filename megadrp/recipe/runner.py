@@ -127,7 +127,10 @@ def run_recipe(config: str, overrides: list[str]) -> dict:
 
 
 def _stage(mode: str, config: str, overrides: list[str]) -> dict:
-    return st.resolved_recipe(mode, _resolved(config, overrides, mode))
+    from megadrp.config import to_dict
+    from megadrp.config.schema import RunConfig
+
+    return st.resolved_recipe(mode, _resolved(config, overrides, mode), to_dict(RunConfig()))
 
 
 def cut(cfg, config: str, common: list[str], progress: Progress) -> str:

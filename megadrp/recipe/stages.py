@@ -177,10 +177,13 @@ def recipe(mode: str, config: str, overrides: list[str]) -> dict:
 NOT_RECIPE = ("stages", "logging", "optim.max_steps", "checkpoint.resume", "checkpoint.init_from")
 
 
-def resolved_recipe(mode: str, config: dict) -> dict:
-    """What makes a `megadrp run` stage's result what it is: its mode and resolved config, less NOT_RECIPE."""
-    flat = _flatten(config)
-    keep = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RECIPE)}
+def resolved_recipe(mode: str, config: dict, defaults: dict) -> dict:
+    """What makes a `megadrp run` stage's result what it is: its mode and the fields of its resolved config that
+    differ from ``defaults`` (the schema's), less NOT_RECIPE. Only the differences: a later megadrp that adds a
+    field at its default still reuses the stages an earlier one finished."""
+    flat, base = _flatten(config), _flatten(defaults)
+    keep = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RECIPE)
+            and (k not in base or base[k] != v)}
     return {"mode": mode, **{f"config.{k}": v for k, v in keep.items()}}
 
 
