@@ -14,7 +14,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(CACHE)/torch_extensions
 
-.PHONY: setup lock test test-slow demo lint bench corpus corpus-unseen model experiment clean
+.PHONY: setup lock test test-slow demo lint bench corpus corpus-unseen model experiment llama-cpp clean
 
 setup: $(STAMP)
 $(STAMP): setup.py $(LOCK)
@@ -70,6 +70,16 @@ demo: setup model corpus
 experiment: setup model corpus corpus-unseen
 	$(VPY) tools/experiment.py --budget cpu --model $(MODEL) --corpus $(CORPUS) --unseen-corpus $(UNSEEN) \
 		--run-dir runs/experiment
+
+# llama.cpp's check of megadrp's GGUF export: llama-cpp-python has no CPU wheel on PyPI for every platform, so its
+# source package is built ONCE (about 16 minutes on 2 cores, at the lowest priority) into $(CACHE)/wheels, then
+# installed from there; never part of `make test`.
+LLAMA_CPP := 0.3.36
+llama-cpp: setup model
+	@ls $(CACHE)/wheels/llama_cpp_python-$(LLAMA_CPP)-*.whl >/dev/null 2>&1 || \
+		nice -n 19 $(VPY) -m pip wheel --no-deps -w $(CACHE)/wheels llama-cpp-python==$(LLAMA_CPP)
+	$(VPY) -m pip install -q $(CACHE)/wheels/llama_cpp_python-$(LLAMA_CPP)-*.whl
+	$(VPY) -m pytest -q -m slow tests/export/test_export_gguf_llama_cpp.py
 
 bench: setup
 	$(VPY) tools/bench_preprocess.py
