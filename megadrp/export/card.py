@@ -232,7 +232,7 @@ def build_model_card(info: dict[str, Any]):
     data = ModelCardData(library_name="transformers", base_model=base, pipeline_tag="text-generation",
                          tags=["megadrp", "pruned", info.get("family", "llama")], **lic)
     name = model_name(info)
-    parts = [*_lead(info, name), "## Details\n",
+    parts = [*_lead(info, name), "\n## Details\n",
              f"Exported by megadrp from `{base or 'a megadrp checkpoint'}`.\n",
              *_method_lines(info),
              f"- Checkpoint step: {info.get('step', '—')}; tokens seen: {info.get('tokens_seen', '—')}."
