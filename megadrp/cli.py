@@ -1,8 +1,10 @@
-"""The ``megadrp`` command: one subcommand per job, each implemented in its own module.
+"""The ``megadrp`` command: one subcommand per method and per job, each implemented in its own module.
 
-Subcommands are looked up lazily so that ``megadrp --help`` is instant and a missing optional
-dependency of one job (lm-eval, matplotlib) never breaks the others. Each target is a
-``main(argv) -> int`` function.
+The methods' subcommands (prune, cpt, dress, oneshot, ...) come from the method registry, megadrp.methods: a
+training method runs through megadrp/train.py, a method that does not train through its spec's ``main``. The
+other jobs are looked up lazily in :data:`COMMANDS`, so that a job never imports what it does not need (the
+registry imports torch; ``megadrp export --help`` does not) and a missing optional dependency of one job
+(lm-eval, matplotlib) never breaks the others. Each target is a ``main(argv) -> int`` function.
 """
 from __future__ import annotations
 
@@ -10,15 +12,10 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, function, one-line help)
+# the jobs that are not methods: name -> (module, function, one-line help)
 COMMANDS = {
     "run": ("megadrp.recipe.runner", "main",
             "A recipe end to end: cut, recover, export, evaluate, report, upload; each stage resumable and cached."),
-    "prune": ("megadrp.train", "main_prune", "Prune a model with learned masks + domain reweighting (DRPruning)."),
-    "cpt": ("megadrp.train", "main_cpt", "Continued pretraining of an exported (dense) model with domain reweighting."),
-    "dress": ("megadrp.train", "main_dress", "DReSS: select units, regularise them away, prune, finetune."),
-    "oneshot": ("megadrp.methods.oneshot", "main",
-                "One-shot pruning (Minitron-style activation importance), no training: a dense HF folder."),
     "export": ("megadrp.export.cli", "main", "Export a prune/cpt checkpoint to a smaller dense Hugging Face folder."),
     "eval": ("megadrp.eval.cli", "main",
              "Per-domain loss, perplexity and bits per byte of a model folder or checkpoint."),
@@ -45,8 +42,24 @@ def config_main(argv: list[str]) -> int:
         print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
         return 0
     for name, default, help_text in describe():
+        if name == "mode":  # its choices are the method registry's
+            help_text += f" Registered: {', '.join(_methods())}."
         print(f"{name} = {default}\n    {help_text}")
     return 0
+
+
+def _methods() -> dict:
+    from megadrp.methods import METHODS
+
+    return METHODS
+
+
+def _run_method(spec, argv: list[str]) -> int:
+    if spec.trains:
+        from megadrp.train import main_method
+
+        return int(main_method(spec.name, argv) or 0)
+    return int(spec.main(argv) or 0)
 
 
 def _run(name: str, argv: list[str]) -> int:
@@ -70,14 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="megadrp",
         description="Structured pruning of LLMs on DeepSpeed ZeRO-3 (DRPruning, DReSS). "
                     "Run 'megadrp SUBCOMMAND --help' for a subcommand's options.")
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    for name, (_, _, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    methods = {} if argv and argv[0] in COMMANDS else _methods()
+    if not argv or argv[0] in ("-h", "--help") or (argv[0] not in COMMANDS and argv[0] not in methods):
+        sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+        for spec in methods.values():
+            sub.add_parser(spec.name, help=spec.summary, add_help=False)
+        for name, (_, _, help_text) in COMMANDS.items():
+            sub.add_parser(name, help=help_text, add_help=False)
         parser.parse_args(argv[:1] or ["--help"])  # prints help, or exits 2 naming the bad command
         return 0
     from megadrp.config import ConfigError
     try:
+        if argv[0] in methods:
+            return _run_method(methods[argv[0]], argv[1:])
         return _run(argv[0], argv[1:])
     except ConfigError as err:
         print(f"megadrp {argv[0]}: {err}", file=sys.stderr)

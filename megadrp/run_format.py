@@ -5,6 +5,9 @@
                                   megadrp_manifest.json (sha256 + size of every other file, written last)
     RUN_DIR/checkpoints/latest    the name of the newest complete step_N (a hint: resolution falls back to
                                   the newest complete step_N when it is missing or names a torn folder)
+    RUN_DIR/config.yaml           the resolved config (CONFIG_FILE)
+    RUN_DIR/metrics.jsonl         one JSON record per line, written by the trainer (METRICS_FILE)
+    RUN_DIR/pruned/               the dense HF folder of a cut: DReSS's at its last step, the one-shot cut's
 
 State without pickle (docs/ARCHITECTURE.md, "Checkpoint contents"): the tensors of the state go into the
 safetensors file, the rest into JSON (megadrp.state_codec), so reading a state can never run code. The state
@@ -37,8 +40,16 @@ STATE_TENSORS = "megadrp_state.safetensors"
 LEGACY_STATE = "megadrp_state.pt"  # torch.save (pickle) of megadrp <= this issue: refused, convertible
 MANIFEST = "megadrp_manifest.json"
 LATEST = "latest"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+PRUNED_DIR = "pruned"
 FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    """The checkpoint folder name of ``step`` (the state after that many optimizer steps)."""
+    return f"step_{step}"
 
 
 class RunFormatError(FileNotFoundError, ValueError):

@@ -89,29 +89,27 @@ def run(argv: list[str], mode: str | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         prefix = f"megadrp {cfg.mode}"
+        from megadrp.methods import method_for
         from megadrp.trainer.build import preflight
         from megadrp.trainer.resume_check import check_start
 
-        plan = preflight(cfg)
-        from megadrp.distill import make_distiller, resolve_teacher
-
-        plan.teacher = resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
-        from megadrp.distill.source_reference import measure as measure_reference
-        from megadrp.distill.source_reference import resolve_reference_model
-
-        plan.reference = resolve_reference_model(cfg, plan.shape, plan.tokenizer_path, plan.teacher)
+        method = method_for(cfg)
+        if not method.trains:
+            raise ConfigError("mode", cfg.mode, f"does not train: run `megadrp {cfg.mode}` instead")
+        inputs = preflight(cfg, method)  # the teacher and DRO's reference model included; frozen from here on
         from megadrp.plan.report import startup_check
 
         # The memory plan (megadrp plan): printed by rank 0; a run that cannot fit its GPUs stops here.
-        startup_check(cfg, plan, log=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
-        check_start(cfg, plan, args.overwrite, args.allow_config_change,
+        startup_check(cfg, inputs, log=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None)
+        check_start(cfg, inputs, args.overwrite, args.allow_config_change,
                     note=lambda msg: print(f"[megadrp] {msg}", flush=True) if _is_main_env() else None,
                     branch=args.branch)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if _is_main_env():
             print(f"{prefix}: {err}", file=sys.stderr)
         return 2
-    from megadrp.methods import get_mode
+    from megadrp.distill import make_distiller
+    from megadrp.distill.source_reference import measure as measure_reference
     from megadrp.trainer import Trainer, TrainingDiverged, dist, stop_signal
     from megadrp.trainer.write_guard import CheckpointWriteError
 
@@ -121,7 +119,7 @@ def run(argv: list[str], mode: str | None = None) -> int:
     lock = None
     try:
         lock = _lock_run_dir(cfg, args.overwrite, args.take_over_lock, args.branch)
-        code = Trainer(cfg, plan, get_mode(cfg.mode), resume=cfg.checkpoint.resume,
+        code = Trainer(cfg, inputs, method.mode(), resume=cfg.checkpoint.resume,
                        distiller=make_distiller, reference=measure_reference).setup().train()
         # Only after a clean finish (a rank that raised must not wait here for peers that never come): every
         # rank leaves together, so none tears its gloo/NCCL connections down while a peer still uses them.
@@ -203,7 +201,8 @@ def launch_command(argv: list[str], nproc: int, launcher: str, master_port: int)
             "--master_port", str(master_port), script, *argv]
 
 
-def _main_mode(mode: str, argv: list[str]) -> int:
+def main_method(mode: str, argv: list[str]) -> int:
+    """`megadrp MODE ...` for a training method (megadrp.methods): in this process, or N ranks under a launcher."""
     args, _ = _parser(f"megadrp {mode}", with_launch=True).parse_known_args(argv)
     launch_flags = ("--nproc", "--launcher", "--master-port")
     cleaned, skip = [], False  # argv minus the launch flags (and their values), forwarded to every rank
@@ -223,18 +222,6 @@ def _main_mode(mode: str, argv: list[str]) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
     cmd = launch_command(cleaned + [f"mode={mode}"], args.nproc, args.launcher, args.master_port or free_port())
     return subprocess.call(cmd, env=env)
-
-
-def main_prune(argv: list[str]) -> int:
-    return _main_mode("prune", argv)
-
-
-def main_cpt(argv: list[str]) -> int:
-    return _main_mode("cpt", argv)
-
-
-def main_dress(argv: list[str]) -> int:
-    return _main_mode("dress", argv)
 
 
 def _exit_launched_rank(code: int) -> None:

@@ -116,15 +116,16 @@ def _sync(device) -> None:
 
 def run_row(args, base: list, variant: list, mode: str, work: Path, deadline: float) -> dict:
     from megadrp.config import load_config
-    from megadrp.methods import get_mode
+    from megadrp.methods import method_for
     from megadrp.trainer import Trainer, dist
     from megadrp.trainer import mfu as mfu_mod
     from megadrp.trainer.build import preflight
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"{mode}_", dir=work))
     cfg = load_config(args.config, base + variant + [f"mode={mode}", f"run_dir={run_dir}"])
-    plan = preflight(cfg)
-    trainer = Trainer(cfg, plan, get_mode(mode)).setup()
+    method = method_for(cfg)
+    plan = preflight(cfg, method)
+    trainer = Trainer(cfg, plan, method.mode()).setup()
     device = trainer.device
     try:
         for _ in range(args.warmup):

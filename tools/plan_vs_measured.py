@@ -48,13 +48,17 @@ def main(argv=None) -> int:
     import torch
 
     from megadrp.config import load_config
+    from megadrp.distill import make_distiller
+    from megadrp.distill.source_reference import measure
+    from megadrp.methods import method_for
     from megadrp.plan import estimate, run_shape
     from megadrp.trainer import Trainer, dist
     from megadrp.trainer.build import preflight
 
     config = _tiny_config(args.tiny) if args.tiny else args.config
     cfg = load_config(config, list(args.overrides) + ["logging.wandb_mode=disabled", "checkpoint.save_interval=100000"])
-    plan = preflight(cfg, world_size=1)
+    method = method_for(cfg)
+    plan = preflight(cfg, method, world_size=1)
     run = run_shape(cfg, 1, precision=plan.precision, ds_config=plan.ds_config)
     est = estimate(run, None, device="cuda" if torch.cuda.is_available() else "cpu")
     if args.predict_only:
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
     dist.init_distributed()
     cuda = torch.cuda.is_available()
     base = _rss_gib()
-    trainer = Trainer(cfg, plan).setup()
+    trainer = Trainer(cfg, plan, method.mode(), distiller=make_distiller, reference=measure).setup()
     trainer.train()
     if cuda:
         measured = torch.cuda.max_memory_allocated() / 1024 ** 3

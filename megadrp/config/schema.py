@@ -354,7 +354,7 @@ class StagesConfig:
     recovery_steps: int = opt(0, "Steps of continued pretraining of the cut model (megadrp cpt); 0: no recovery. "
                               "optim.* applies to both training stages; each stage's optim.max_steps is its steps.")
     corpus: str = opt("", "Text corpus folder (CORPUS/manifest.json, CORPUS/{train,heldout}/DOMAIN.jsonl: the layout "
-                      "of tools/build_corpus.py), tokenised with model.path's tokenizer for training and scored "
+                      "of experiments/corpus_build.py), tokenised with model.path's tokenizer for training and scored "
                       "held out by the evaluation; empty: data.prefix / data.eval_prefix as given, no evaluation.")
     bin_dir: str = opt("", "Where the tokenised corpus goes; empty: .cache/bin/SOURCE_FOLDER_NAME.")
     nproc: int = opt(1, "Ranks of each training stage on this machine (`megadrp MODE --nproc`).")
@@ -380,8 +380,8 @@ class StagesConfig:
 
 @dataclass
 class RunConfig:
-    mode: str = opt("prune", "What the run does (oneshot: `megadrp oneshot`, no training; the others train).",
-                     choices=("prune", "cpt", "dress", "oneshot"))
+    mode: str = opt("prune", "The method the run is: a name registered in megadrp.methods (prune, cpt, dress train; "
+                             "oneshot cuts without training). The method checks its own sections' rules.")
     run_dir: str = opt("runs/default", "Folder of this run: checkpoints, metrics, the resolved config.")
     model: ModelConfig = opt(None, "Source model.", factory=ModelConfig)
     pruning: PruningConfig = opt(None, "Masks, target shape and Lagrangian (prune mode).", factory=PruningConfig)
@@ -410,12 +410,3 @@ class RunConfig:
         if len(self.dro.family_params) != len(self.dro.family_losses):
             raise ConfigError("dro.family_losses", self.dro.family_losses,
                               f"needs one row per model of dro.family_params ({len(self.dro.family_params)})")
-        if self.mode == "dress" and self.dress.regularize_steps > self.optim.max_steps:
-            raise ConfigError("dress.regularize_steps", self.dress.regularize_steps,
-                              f"exceeds optim.max_steps ({self.optim.max_steps}): the penalty would stop short of "
-                              "dress.penalty_final and the cut would not be lossless; set dress.regularize_steps "
-                              "<= optim.max_steps")
-        if self.mode == "cpt" and self.distill.enabled and not self.distill.teacher:
-            raise ConfigError("distill.teacher", self.distill.teacher,
-                              "cpt has no source model to distil from: give the teacher's Hugging Face folder "
-                              "(e.g. the unpruned model), or set distill.alpha=0")

@@ -8,7 +8,7 @@ import importlib
 _EXPORTS = {
     "IndexedDataset": "indexed", "IndexedDatasetWriter": "indexed", "IndexedDatasetError": "indexed",
     "best_token_dtype": "indexed",
-    "DomainMixtureSampler": "sampler",
+    "DomainMixtureSampler": "sampler", "calibration_batches": "sampler",
     "PackedDomain": "packing", "sequential_windows": "packing",
     "load_domain_datasets": "domains", "domain_token_counts": "domains", "domain_prefix": "domains",
     "natural_weights": "domains",

@@ -129,3 +129,24 @@ class DomainMixtureSampler:
         self.step = int(state["step"])
         self.cursors = np.asarray(state["cursors"], dtype=np.int64)
         self.weights = np.asarray(state["weights"], dtype=np.float64)
+
+
+#: Seed offset of DReSS's and the one-shot cut's calibration draws (the training sampler uses optim.seed itself).
+CALIBRATION_SEED_OFFSET = 7919
+
+
+def calibration_batches(datasets, seq_length: int, micro_batch_size: int, count: int, seed: int, weights=None,
+                        rank: int = 0, world_size: int = 1) -> tuple[list[torch.Tensor], dict[str, int]]:
+    """``count`` batches of tokens [B, T+1] for scoring a model before training (massive-activation dims, DReSS's
+    and the one-shot cut's unit importance), from a private sampler: the training sampler's order is untouched.
+    ``weights`` None: the natural ratio. Rank 0 of 1 (the default) gives every rank the same tokens, so every rank
+    scores alike. Also returns the sequences each domain gave."""
+    sampler = DomainMixtureSampler(datasets, seq_length, micro_batch_size, seed=seed, rank=rank,
+                                   world_size=world_size, weights=weights)
+    batches, rows = [], dict.fromkeys(sampler.domains, 0)
+    for _ in range(count):
+        batch = sampler.next_batch()
+        batches.append(batch["tokens"])
+        for d in batch["domain_ids"].tolist():
+            rows[sampler.domains[d]] += 1
+    return batches, rows

@@ -48,14 +48,15 @@ class Distiller:
         return both[0] / both[1].clamp(min=1)
 
 
-def make_distiller(trainer) -> Optional[Distiller]:
-    """The run's Distiller (None when distill.alpha = 0: no teacher is built and no extra forward runs)."""
-    spec = trainer.plan.teacher
+def make_distiller(ctx) -> Optional[Distiller]:
+    """The run's Distiller from its RunContext (None when distill.alpha = 0: no teacher is built and no extra
+    forward runs). Pre-flight resolved the teacher: ``ctx.inputs.teacher``."""
+    spec = ctx.inputs.teacher
     if spec is None:
         return None
-    d = trainer.cfg.distill
+    d = ctx.cfg.distill
     if spec.kind == "self":
-        teacher = SelfTeacher(trainer.engine)
+        teacher = SelfTeacher(ctx.engine)
     else:
-        teacher = FrozenTeacher(spec, trainer.plan, trainer.cfg.model, trainer.device)
-    return Distiller(teacher, d.alpha, d.temperature, d.top_k, group=trainer.group)
+        teacher = FrozenTeacher(spec, ctx.inputs, ctx.cfg.model, ctx.device)
+    return Distiller(teacher, d.alpha, d.temperature, d.top_k, group=ctx.group)

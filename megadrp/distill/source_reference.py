@@ -1,6 +1,8 @@
 """The DRO rules' initial reference losses l_ref, when none are configured: which model's held-out loss, and its
 measurement at the start of a run. It lives beside the teacher because it is the same frozen source model, in cpt
-mode the very same object; train.py hands ``measure`` to the trainer, which imports neither.
+mode the very same object; train.py hands ``measure`` to the trainer, which imports neither. Which model it is
+(``dro.reference_model``, else what the method's spec says) is resolved and checked by pre-flight
+(megadrp.trainer.build.resolve_reference).
 
 docs/METHOD.md: the initial l_ref is a scaling-law fit over the source family's sizes if known
 (``dro.family_params``), else *the source model's own loss*. In prune and dress mode the run starts from the
@@ -20,35 +22,20 @@ from typing import Optional
 
 import torch
 
-from .teacher import FrozenTeacher, TeacherSpec, frozen_model_spec
+from .teacher import FrozenTeacher
 
 
-def resolve_reference_model(cfg, student_shape, student_tokenizer: str,
-                            teacher: Optional[TeacherSpec]) -> Optional[TeacherSpec]:
-    """Pre-flight: the model whose held-out loss becomes l_ref, or None for the starting model itself (also when
-    the rule needs no reference, or references are configured)."""
-    d = cfg.dro
-    if d.method == "constant" or d.reference_losses or d.family_params:
-        return None
-    path = d.reference_model
-    if not path and cfg.mode == "cpt" and teacher is not None and teacher.kind == "frozen":
-        return teacher
-    if not path or path == cfg.model.path:
-        return None
-    return frozen_model_spec(path, "dro.reference_model", cfg, student_shape, student_tokenizer)
-
-
-def measure(trainer) -> tuple[Optional[dict], str]:
+def measure(ctx, heldout, teacher=None) -> tuple[Optional[dict], str]:
     """Held-out loss per domain of the reference model ({domain: nats per token}) and what that model was; None
-    for the losses when it is the starting model, which the trainer scores itself."""
-    spec = trainer.plan.reference
+    for the losses when it is the starting model, which the trainer scores itself. ``heldout``: the trainer's
+    HeldoutEval; ``teacher``: the distiller's teacher, reused when it is the reference model (no second copy)."""
+    spec = ctx.inputs.reference
     if spec is None:
         return None, "starting model" + (", no source given: set dro.reference_model to the source"
-                                         if trainer.cfg.mode == "cpt" else "")
-    teacher = getattr(trainer.distill, "teacher", None)
+                                         if ctx.inputs.method.reference_from_teacher else "")
     shared = isinstance(teacher, FrozenTeacher) and teacher.path == spec.path
-    model = teacher if shared else FrozenTeacher(spec, trainer.plan, trainer.cfg.model, trainer.device)
-    losses = trainer.heldout.run(model.model, None, trainer.device)["eval_loss"]
+    model = teacher if shared else FrozenTeacher(spec, ctx.inputs, ctx.cfg.model, ctx.device)
+    losses = heldout.run(model.model, None, ctx.device)["eval_loss"]
     model.model.eval()  # HeldoutEval puts what it scored back in train mode
     if not shared:
         del model

@@ -62,7 +62,7 @@ def export_pruned(internal_sd: Mapping[str, torch.Tensor], shape, family, masks:
     from megadrp.export import export_from_model
 
     sd = compensated_state_dict(internal_sd, shape, masks) if compensate_norms else dict(internal_sd)
-    card = {"mode": "dress", **(kw.pop("card_info", None) or {})}
+    card = {"mode": "dress", **(kw.pop("card_info", None) or {}), "selected_units": True}  # sliced by a selection
     shape = compensated_shape(shape, masks) if compensate_norms else shape
     return export_from_model(sd, keep_indices(masks), shape, family, out_dir, tokenizer_src, dtype=dtype,
                              card_info=card, progress=False, **kw)

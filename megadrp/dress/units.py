@@ -13,18 +13,16 @@ from typing import Mapping
 
 import torch
 
-EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
-ATTN_IN = ("q_proj", "k_proj", "v_proj")
-MLP_IN = ("gate_proj", "up_proj")
-PROJS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-         "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-NORMS = ("input_layernorm", "post_attention_layernorm")
-
-
-def layer_param(i: int, proj: str, kind: str = "weight") -> str:
-    if proj in NORMS:
-        return f"model.layers.{i}.{proj}.weight"
-    return f"model.layers.{i}.{PROJS[proj]}.{proj}.{kind}"
+from megadrp.model.families import (
+    HF_ATTN_IN,
+    HF_EMBED,
+    HF_FINAL_NORM,
+    HF_LAYER_NORMS,
+    HF_LM_HEAD,
+    HF_MLP_IN,
+    HF_PROJ_BLOCK,
+    hf_layer_param,
+)
 
 
 @dataclass
@@ -60,9 +58,9 @@ def coupled_slices(masks: Mapping[str, torch.Tensor], shape, param_names) -> lis
     if "layer" in masks:
         dropped_layers = set(torch.nonzero(torch.as_tensor(masks["layer"]) == 0).flatten().tolist())
         for i in sorted(dropped_layers):
-            for proj in PROJS:  # the whole layer is one unit: every matrix it has
+            for proj in HF_PROJ_BLOCK:  # the whole layer is one unit: every matrix it has
                 n = shape.hidden_size if proj in ("o_proj", "down_proj") else _out_dim(shape, proj, hd)
-                add(layer_param(i, proj), 0, torch.arange(n), f"layer.{i}", torch.zeros(n, dtype=torch.long))
+                add(hf_layer_param(i, proj), 0, torch.arange(n), f"layer.{i}", torch.zeros(n, dtype=torch.long))
     for i in range(shape.num_hidden_layers):
         if i in dropped_layers:
             continue  # already wholly penalised; do not count its heads/channels twice
@@ -74,32 +72,32 @@ def coupled_slices(masks: Mapping[str, torch.Tensor], shape, param_names) -> lis
                 g = f"head.{i}"
                 for proj, idx, unit in (("q_proj", q_idx, q_unit), ("k_proj", kv_idx, kv_unit),
                                         ("v_proj", kv_idx, kv_unit)):
-                    add(layer_param(i, proj), 0, idx, g, unit)
-                    add(layer_param(i, proj, "bias"), 0, idx, g, unit)
-                add(layer_param(i, "o_proj"), 1, q_idx, g, q_unit)
+                    add(hf_layer_param(i, proj), 0, idx, g, unit)
+                    add(hf_layer_param(i, proj, "bias"), 0, idx, g, unit)
+                add(hf_layer_param(i, "o_proj"), 1, q_idx, g, q_unit)
         if "intermediate" in masks:
             chans = torch.nonzero(torch.as_tensor(masks["intermediate"][i]) == 0).flatten()
             if len(chans):
                 unit, g = torch.arange(len(chans)), f"intermediate.{i}"
-                add(layer_param(i, "gate_proj"), 0, chans, g, unit)
-                add(layer_param(i, "up_proj"), 0, chans, g, unit)
-                add(layer_param(i, "down_proj"), 1, chans, g, unit)
+                add(hf_layer_param(i, "gate_proj"), 0, chans, g, unit)
+                add(hf_layer_param(i, "up_proj"), 0, chans, g, unit)
+                add(hf_layer_param(i, "down_proj"), 1, chans, g, unit)
     if "hidden" in masks:
         dims = torch.nonzero(torch.as_tensor(masks["hidden"]) == 0).flatten()
         unit = torch.arange(len(dims))
         if len(dims):
-            add(EMBED, 1, dims, "hidden", unit)
-            add(LM_HEAD, 1, dims, "hidden", unit)  # absent when tied: the embedding is the head
-            add(FINAL_NORM, 0, dims, "hidden", unit)
+            add(HF_EMBED, 1, dims, "hidden", unit)
+            add(HF_LM_HEAD, 1, dims, "hidden", unit)  # absent when tied: the embedding is the head
+            add(HF_FINAL_NORM, 0, dims, "hidden", unit)
             for i in range(shape.num_hidden_layers):
                 if i in dropped_layers:
                     continue
-                for proj in ATTN_IN + MLP_IN:
-                    add(layer_param(i, proj), 1, dims, "hidden", unit)
-                add(layer_param(i, "o_proj"), 0, dims, "hidden", unit)
-                add(layer_param(i, "down_proj"), 0, dims, "hidden", unit)
-                for norm in NORMS:
-                    add(layer_param(i, norm), 0, dims, "hidden", unit)
+                for proj in HF_ATTN_IN + HF_MLP_IN:
+                    add(hf_layer_param(i, proj), 1, dims, "hidden", unit)
+                add(hf_layer_param(i, "o_proj"), 0, dims, "hidden", unit)
+                add(hf_layer_param(i, "down_proj"), 0, dims, "hidden", unit)
+                for norm in HF_LAYER_NORMS:
+                    add(hf_layer_param(i, norm), 0, dims, "hidden", unit)
     return slices
 
 

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from megadrp import run_format
 from megadrp.eval.run_metrics import MetricsLog, find_metrics, read_metrics
 
 
@@ -97,7 +98,7 @@ def write_report(run_dir, out_dir=None, eval_json=None) -> Path:
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     log = read_metrics(find_metrics(run_dir))
     if not log.train and not log.eval:
-        raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no train or eval record")
+        raise ValueError(f"{run_dir / run_format.METRICS_FILE} holds no train or eval record")
     plots = write_plots(log, out_dir)
     summary = out_dir / "summary.md"
     summary.write_text(summary_markdown(run_dir, log, plots, out_dir, eval_json))

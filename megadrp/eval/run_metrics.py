@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megadrp import run_format
+
 
 @dataclass
 class MetricsLog:
@@ -65,7 +67,7 @@ def read_metrics(path) -> MetricsLog:
 
 
 def find_metrics(run_dir) -> Path:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / run_format.METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: `megadrp report` reads the metrics file a prune/cpt run writes")
     return path

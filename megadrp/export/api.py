@@ -66,12 +66,12 @@ def check_reaches_target(masks: Optional[Mapping[str, torch.Tensor]], source, ta
 
 
 def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, torch.Tensor]]:
-    """Deterministic export masks of a prune checkpoint (None for dense cpt/dress checkpoints).
+    """Deterministic export masks of a checkpoint whose method learned masks (None for dense checkpoints).
 
     Refuses, naming the counts, a checkpoint whose mask families or shapes cannot give the target shape.
     """
-    saved = run_format.mode_state(state).get("masks")
-    if state.get("mode") != "prune" or saved is None:
+    saved = run_format.mode_state(state).get("masks")  # only a method that learns masks saves them
+    if saved is None:
         return None
     from megadrp.config.schema import TargetShape
     from megadrp.masks import MaskSet, resolve_target
@@ -104,9 +104,9 @@ def masks_from_state(state: Mapping[str, Any], source) -> Optional[dict[str, tor
 
 
 def unfinished_note(state: Mapping[str, Any], source) -> Optional[str]:
-    """A warning for a prune checkpoint taken before the run ended or before its masks reached the target."""
-    saved = run_format.mode_state(state).get("masks")
-    if state.get("mode") != "prune" or saved is None:
+    """A warning for a masked checkpoint taken before the run ended or before its masks reached the target."""
+    saved = run_format.mode_state(state).get("masks")  # only a method that learns masks saves them
+    if saved is None:
         return None
     from megadrp.config.schema import TargetShape
     from megadrp.masks import MaskSet, resolve_target
@@ -242,7 +242,8 @@ def export_checkpoint(ckpt_or_run_dir, out_dir, dtype: str = "bfloat16", max_sha
     config = state.get("config") or {}
     source_dir = (config.get("model") or {}).get("path") or None
     tokenizer_dir = ckpt / "tokenizer"
-    card_info = {"mode": state["mode"], "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
+    card_info = {"mode": state["mode"], "method": state.get("method_card"), "masks_folded": masks is not None,
+                 "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
                  "domain_weights": _domain_weights(state, config),
                  "dro_method": (config.get("dro") or {}).get("method"), "distill": config.get("distill"),
                  "eval": _eval_results(ckpt, eval_json), "checkpoint": str(ckpt)}

@@ -19,13 +19,6 @@ SHAPE_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "he
 # The fields that tell two models' shapes apart in an evaluation (the pruned ones and the vocabulary).
 MATCH_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                 "num_hidden_layers", "vocab_size")
-METHODS = {
-    "prune": "targeted structured pruning with learned hard-concrete masks (Sheared-LLaMA), data reweighting: {dro}",
-    "cpt": "continued pretraining of a pruned model, data reweighting: {dro}",
-    "dress": "DReSS: regularise the selected units towards zero, remove them, finetune",
-    "oneshot": "one-shot structured pruning by activation importance on calibration text (Minitron-style), "
-               "no training",
-}
 QUALITY_WARNING_RATIO = 1.5
 EVAL_HEADING, WARNING_HEADING = "## Evaluation", "## Quality warning"
 
@@ -135,7 +128,8 @@ def with_evaluation(text: str, results: Optional[dict], source_shape=None, achie
 
 
 def _method_lines(info: dict) -> list[str]:
-    method = METHODS.get(info.get("mode", "prune"), "{dro}").format(dro=info.get("dro_method") or "none")
+    # the method's own sentence (megadrp.methods' spec), recorded in the checkpoint or passed by the cut itself
+    method = info.get("method") or f"megadrp {info.get('mode', 'run')} (the checkpoint predates recorded methods)"
     lines = [f"- Method: {method}."]
     distill = info.get("distill") or {}
     if float(distill.get("alpha") or 0) > 0:
@@ -240,9 +234,11 @@ def build_model_card(info: dict[str, Any]):
              f"- Parameters: {info.get('num_params'):,} (source {info.get('source_num_params'):,})."
              if info.get("num_params") and info.get("source_num_params") else "",
              "- Pruned units were sliced away; loads with stock `AutoModelForCausalLM.from_pretrained`."
-             if info.get("mode") in ("oneshot", "dress") else
+             if info.get("selected_units") else
              "- Masks were folded into the weights once (deterministic masks; kept units keep their soft value) "
-             "and pruned units were sliced away; loads with stock `AutoModelForCausalLM.from_pretrained`.",
+             "and pruned units were sliced away; loads with stock `AutoModelForCausalLM.from_pretrained`."
+             if info.get("masks_folded") else
+             "- The dense weights as trained; loads with stock `AutoModelForCausalLM.from_pretrained`.",
              "" if info.get("tie_word_embeddings", True) or not info.get("source_tied") else
              "- The source tied its LM head to the embedding; the hidden mask scales the embedding but not the "
              "LM head, so this export stores them separately (`tie_word_embeddings: false`).",

@@ -27,11 +27,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from megadrp.model.families import HF_EMBED, HF_FINAL_NORM, HF_LAYER_NORMS, HF_LM_HEAD, hf_layer_param, hf_layer_prefix
 from megadrp.model.units import FAMILIES, mask_shape
-
-# HF parameter names shared by LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM.
-EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
-LAYER = "model.layers.{}."
 
 
 class ExportError(ValueError):
@@ -132,42 +129,41 @@ def prune_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], shape,
     hid = torch.nonzero(z["hidden"]).flatten()
     z_hid = z["hidden"][hid].to(dtype)
     out: dict[str, torch.Tensor] = {}
-    embed = get(EMBED)[:, hid]
-    head = get(LM_HEAD)[:, hid] if LM_HEAD in hf_sd else embed  # tied sources may omit lm_head
+    embed = get(HF_EMBED)[:, hid]
+    head = get(HF_LM_HEAD)[:, hid] if HF_LM_HEAD in hf_sd else embed  # tied sources may omit lm_head
     tied = bool(getattr(shape, "tie_word_embeddings", False)) and torch.equal(head, embed)
-    out[EMBED] = embed * z_hid
+    out[HF_EMBED] = embed * z_hid
     # Tied: the final norm's z_hidden lives in the shared embedding (module docstring); untied: in the norm.
-    out[FINAL_NORM] = get(FINAL_NORM)[hid] * (1.0 if tied else z_hid)
+    out[HF_FINAL_NORM] = get(HF_FINAL_NORM)[hid] * (1.0 if tied else z_hid)
     if not tied:
-        out[LM_HEAD] = head
+        out[HF_LM_HEAD] = head
     target = dataclasses.replace(target, tie_word_embeddings=tied)
 
     for new, old in enumerate(torch.nonzero(z["layer"]).flatten().tolist()):
-        src, dst = LAYER.format(old), LAYER.format(new)
+        src = lambda name, kind="weight": hf_layer_param(old, name, kind)
+        dst = lambda name, kind="weight": hf_layer_param(new, name, kind)
         z_out = (z["layer"][old] * z_hid)[:, None]  # scales every write into the residual stream
         groups = torch.nonzero(z["head"][old]).flatten()
         q_rows, kv_rows = _rows(groups, rep * hd), _rows(groups, hd)
         z_v = z["head"][old][groups].to(dtype).repeat_interleave(hd)
         chans = torch.nonzero(z["intermediate"][old]).flatten()
         z_int = z["intermediate"][old][chans].to(dtype)[:, None]
-        attn, mlp = "self_attn.", "mlp."
-        out[dst + attn + "q_proj.weight"] = get(src + attn + "q_proj.weight")[q_rows][:, hid]
-        out[dst + attn + "k_proj.weight"] = get(src + attn + "k_proj.weight")[kv_rows][:, hid]
-        out[dst + attn + "v_proj.weight"] = get(src + attn + "v_proj.weight")[kv_rows][:, hid] * z_v[:, None]
+        out[dst("q_proj")] = get(src("q_proj"))[q_rows][:, hid]
+        out[dst("k_proj")] = get(src("k_proj"))[kv_rows][:, hid]
+        out[dst("v_proj")] = get(src("v_proj"))[kv_rows][:, hid] * z_v[:, None]
         for proj, rows, scale in (("q_proj", q_rows, None), ("k_proj", kv_rows, None), ("v_proj", kv_rows, z_v)):
-            bias = src + attn + proj + ".bias"
-            if bias in hf_sd:  # qwen2: q/k/v biases
-                out[dst + attn + proj + ".bias"] = get(bias)[rows] * (1.0 if scale is None else scale)
-        out[dst + attn + "o_proj.weight"] = get(src + attn + "o_proj.weight")[hid][:, q_rows] * z_out
-        if src + attn + "o_proj.bias" in hf_sd:  # llama with attention_bias=True
-            out[dst + attn + "o_proj.bias"] = get(src + attn + "o_proj.bias")[hid] * z_out[:, 0]
-        out[dst + mlp + "gate_proj.weight"] = get(src + mlp + "gate_proj.weight")[chans][:, hid]
-        out[dst + mlp + "up_proj.weight"] = get(src + mlp + "up_proj.weight")[chans][:, hid] * z_int
-        out[dst + mlp + "down_proj.weight"] = get(src + mlp + "down_proj.weight")[hid][:, chans] * z_out
-        for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-            out[dst + norm] = get(src + norm)[hid] * z_hid
+            if src(proj, "bias") in hf_sd:  # qwen2: q/k/v biases
+                out[dst(proj, "bias")] = get(src(proj, "bias"))[rows] * (1.0 if scale is None else scale)
+        out[dst("o_proj")] = get(src("o_proj"))[hid][:, q_rows] * z_out
+        if src("o_proj", "bias") in hf_sd:  # llama with attention_bias=True
+            out[dst("o_proj", "bias")] = get(src("o_proj", "bias"))[hid] * z_out[:, 0]
+        out[dst("gate_proj")] = get(src("gate_proj"))[chans][:, hid]
+        out[dst("up_proj")] = get(src("up_proj"))[chans][:, hid] * z_int
+        out[dst("down_proj")] = get(src("down_proj"))[hid][:, chans] * z_out
+        for norm in HF_LAYER_NORMS:
+            out[dst(norm)] = get(src(norm))[hid] * z_hid
     # Refuse rather than silently drop a tensor this surgery does not know how to slice (e.g. MLP biases).
-    dropped = {LAYER.format(i) for i in range(shape.num_hidden_layers) if z["layer"][i] == 0}
+    dropped = {hf_layer_prefix(i) for i in range(shape.num_hidden_layers) if z["layer"][i] == 0}
     unknown = [k for k in hf_sd if k not in used and not k.endswith("rotary_emb.inv_freq")
                and not any(k.startswith(p) for p in dropped)]
     if unknown:

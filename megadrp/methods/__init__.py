@@ -1,33 +1,45 @@
-"""Training methods as peers, each a :class:`Mode` of the trainer's one step loop, picked by ``cfg.mode``.
+"""The methods, registered in one place: each is a file here that declares a :class:`MethodSpec` as ``SPEC``.
 
-- ``prune`` (methods/prune.py): learned hard-concrete masks + Lagrangian (DRPruning, Sheared-LLaMA).
-- ``cpt`` (methods/cpt.py): dense continued pretraining.
-- ``dress`` (methods/dress.py): DReSS selection, regularisation and the cut at the end.
+- ``prune`` (prune.py): learned hard-concrete masks + Lagrangian (DRPruning, Sheared-LLaMA).
+- ``cpt`` (cpt.py): dense continued pretraining.
+- ``dress`` (dress.py): DReSS selection (in calibration), regularisation and the cut at the end.
+- ``oneshot`` (oneshot.py): a Minitron-style one-shot cut, no training (its own command, no Mode).
 
-Domain reweighting is not a method: the trainer runs it under every mode. A new method is a module here
-with a Mode subclass, added to :data:`MODES` (or registered with :func:`register_mode` by code outside the
-package); the loop needs no edit.
+Distillation (megadrp.distill) and domain reweighting (megadrp.dro) are components every training method
+composes: the trainer runs them under any mode. ``cfg.mode`` names a spec here, the subcommands `megadrp NAME`
+come from here, and so do the method-specific rules of pre-flight, the memory plan and the model card. A new
+method is one file with a Mode subclass and its SPEC, added to :data:`METHODS` below (or registered with
+:func:`register` by code outside the package); nothing else names it (docs/ARCHITECTURE.md, "Add a method").
 """
 from __future__ import annotations
 
+from megadrp.config import ConfigError
+from megadrp.methods import cpt, dress, oneshot, prune
 from megadrp.methods.base import Mode
-from megadrp.methods.cpt import CptMode
-from megadrp.methods.dress import DressMode
-from megadrp.methods.prune import PruneMode
+from megadrp.methods.spec import MethodSpec
 
-MODES: dict[str, type[Mode]] = {"prune": PruneMode, "cpt": CptMode, "dress": DressMode}
+METHODS: dict[str, MethodSpec] = {s.name: s for s in (prune.SPEC, cpt.SPEC, dress.SPEC, oneshot.SPEC)}
 
 
-def register_mode(name: str, cls: type[Mode]) -> None:
-    MODES[name] = cls
+def register(spec: MethodSpec) -> None:
+    """Add a method from outside the package (its name becomes a valid ``mode`` and a subcommand)."""
+    METHODS[spec.name] = spec
 
 
-def get_mode(name: str) -> Mode:
-    """A fresh instance of the method ``name``."""
-    if name not in MODES:
-        raise ValueError(f"mode {name!r} is not a megadrp method; known: {', '.join(sorted(MODES))} "
-                         f"(a new one is a Mode subclass registered with megadrp.methods.register_mode)")
-    return MODES[name]()
+def get_method(name: str) -> MethodSpec:
+    """The registered method ``name``; a ConfigError on ``mode`` naming the registered ones otherwise."""
+    if name not in METHODS:
+        raise ConfigError("mode", name, f"must be one of {', '.join(METHODS)} (the registered methods, "
+                          "megadrp.methods; a new one is registered with megadrp.methods.register)")
+    return METHODS[name]
 
 
-__all__ = ["MODES", "CptMode", "DressMode", "Mode", "PruneMode", "get_mode", "register_mode"]
+def method_for(cfg) -> MethodSpec:
+    """The method a loaded RunConfig runs, after the method's own cross-section checks of ``cfg``."""
+    spec = get_method(cfg.mode)
+    if spec.check is not None:
+        spec.check(cfg)
+    return spec
+
+
+__all__ = ["METHODS", "MethodSpec", "Mode", "get_method", "method_for", "register"]

@@ -2,8 +2,14 @@
 
 A mode supplies the masks of a forward pass, extra loss terms (added to the mean token CE of the same
 forward), a post-step hook, its metrics and its checkpoint state (saved under ``"mode_state"``, see
-megadrp.run_format). The trainer (megadrp.trainer.Trainer) is handed one instance; megadrp.methods'
-registry picks it by the config's ``mode``.
+megadrp.run_format). It sees the run through the frozen megadrp.trainer.context.RunContext handed to
+:meth:`Mode.setup`, never through the Trainer; what it must know of the loop's state arrives as hook arguments.
+The trainer is handed one instance (train.py builds it from the method's spec, megadrp.methods).
+
+Order of the hooks: ``setup(ctx)`` once the engine exists; then either ``load_state_dict`` (a resumed run) or
+``calibrate`` (a fresh run, before step 1: whatever a method decides from the model and data before training,
+e.g. DReSS's selection, so a resumed run never decides it again); then per step ``zero_grad``, per micro-step
+``train_masks`` and ``loss_terms``, after the optimizer step ``after_step``.
 """
 from __future__ import annotations
 
@@ -11,19 +17,22 @@ from typing import Dict, Optional
 
 import torch
 
+from megadrp.trainer.state import StateRegistry
+
 
 class Mode:
     """Dense training with no extras: the base every mode refines."""
 
     name = "base"
 
-    def setup(self, trainer) -> None:
-        """Called once the engine exists (trainer.cfg, .shape, .family, .plan, .device, .engine and .group,
-        the DataParallelGroup, are set)."""
-        self.trainer = trainer
+    def setup(self, ctx) -> None:
+        """Called once the engine exists, with the run's RunContext (cfg, inputs, device, group, engine)."""
+        self.ctx = ctx
+        self.parts = StateRegistry()  # what a subclass registers here is its checkpoint state
 
-    def calibrate(self, trainer) -> Optional[dict]:
-        """Once, before step 1 of a fresh run (a resumed run restores the result); returns a metrics record."""
+    def calibrate(self, domain_weights) -> Optional[dict]:
+        """Once, before step 1 of a fresh run (a resumed run restores its result through load_state_dict), with
+        the reweighting rule's starting domain weights; returns a metrics record or None."""
         return None
 
     def train_masks(self, step: int, micro_step: int) -> Optional[Dict[str, torch.Tensor]]:
@@ -57,7 +66,7 @@ class Mode:
         return ""
 
     def state_dict(self) -> dict:
-        return {}
+        return self.parts.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.parts.load_state_dict(state)

@@ -25,41 +25,33 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from megadrp.config import ConfigError, load_config
+from megadrp.data.sampler import CALIBRATION_SEED_OFFSET, calibration_batches
+from megadrp.dress.cut import export_pruned
+from megadrp.dress.scoring import score_units
+from megadrp.dress.select import removed_indices, select_units
+from megadrp.methods.spec import MethodSpec
+from megadrp.model import load_pretrained
+from megadrp.run_format import PRUNED_DIR
+from megadrp.trainer.build import preflight
 
-PRUNED = "pruned"
 SCORES_FILE = "oneshot_scores.json"
 
 
-def calibration_batches(cfg, datasets) -> tuple[list[torch.Tensor], dict[str, int]]:
-    """``dress.calibration_batches`` token batches [B, T+1], domains weighted equally, seeded by optim.seed;
-    and the number of sequences each domain gave."""
-    from megadrp.data import DomainMixtureSampler
-
-    uniform = [1.0 / len(datasets)] * len(datasets)
-    sampler = DomainMixtureSampler(datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                   seed=cfg.optim.seed + 7919, rank=0, world_size=1, weights=uniform)
-    batches, rows = [], dict.fromkeys(datasets, 0)
-    for _ in range(cfg.dress.calibration_batches):
-        batch = sampler.next_batch()
-        batches.append(batch["tokens"])
-        for d in batch["domain_ids"].tolist():
-            rows[sampler.domains[d]] += 1
-    return batches, rows
+def calibration(cfg, datasets) -> tuple[list, dict[str, int]]:
+    """``dress.calibration_batches`` token batches [B, T+1] with every domain weighted equally (a domain the
+    natural mixture under-samples still has a say), seeded by optim.seed; and the sequences each domain gave."""
+    return calibration_batches(datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
+                               cfg.dress.calibration_batches, seed=cfg.optim.seed + CALIBRATION_SEED_OFFSET,
+                               weights=[1.0 / len(datasets)] * len(datasets))
 
 
 def oneshot_prune(cfg, out_dir: Path, log=print) -> Path:
     """Score, select and cut; returns the written HF folder. ``cfg`` is a loaded RunConfig (mode oneshot)."""
-    from megadrp.dress.cut import export_pruned
-    from megadrp.dress.scoring import score_units
-    from megadrp.dress.select import removed_indices, select_units
-    from megadrp.model import load_pretrained
-    from megadrp.trainer.build import preflight
-
-    plan = preflight(cfg, world_size=1)
+    plan = preflight(cfg, SPEC, world_size=1)
     t0 = time.time()
     model = load_pretrained(plan.weights_path, cfg.model.family)
-    batches, rows = calibration_batches(cfg, plan.datasets)
+    batches, rows = calibration(cfg, plan.datasets)
     tokens = sum(b[:, :-1].numel() for b in batches)
     log(f"scoring {plan.shape.num_hidden_layers} layers' units ({cfg.dress.criterion}) on {tokens} calibration "
         f"tokens from {len(plan.datasets)} domains")
@@ -72,7 +64,8 @@ def oneshot_prune(cfg, out_dir: Path, log=print) -> Path:
     out = export_pruned({k: v.detach() for k, v in model.state_dict().items()}, plan.shape, plan.family, masks,
                         out_dir, tokenizer_src=plan.tokenizer_path, dtype=cfg.export.dtype,
                         source_model_dir=cfg.model.path,
-                        card_info={"mode": "oneshot", "criterion": cfg.dress.criterion, "calibration_tokens": tokens})
+                        card_info={"mode": SPEC.name, "method": SPEC.card_sentence(cfg.dro.method),
+                                   "criterion": cfg.dress.criterion, "calibration_tokens": tokens})
     record = {"criterion": cfg.dress.criterion, "calibration_tokens": tokens, "calibration_sequences": rows,
               "removed": removed_indices(masks), "scores": {k: v.tolist() for k, v in scores.items()}}
     Path(out, SCORES_FILE).write_text(json.dumps(record))
@@ -96,17 +89,15 @@ def _progress(total: int, log):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megadrp.config import ConfigError, load_config
-
     p = argparse.ArgumentParser(prog="megadrp oneshot", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML recipe (configs/); dotted key=value overrides follow")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pruning.target.intermediate_size=704")
-    p.add_argument("--output", default=None, help=f"HF folder to write (default RUN_DIR/{PRUNED})")
+    p.add_argument("--output", default=None, help=f"HF folder to write (default RUN_DIR/{PRUNED_DIR})")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier one-shot folder at --output")
     args = p.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, [*args.overrides, "mode=oneshot"])
-        out = Path(args.output or Path(cfg.run_dir) / PRUNED)
+        out = Path(args.output or Path(cfg.run_dir) / PRUNED_DIR)
         from megadrp.export.writer import check_output_folder
 
         check_output_folder(out)  # before the scoring pass: a folder megadrp did not write is never replaced
@@ -121,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
           f"`megadrp cpt --config ... model.path={written}` (distill.teacher={cfg.model.path} distils from the source)",
           flush=True)
     return 0
+
+
+SPEC = MethodSpec(
+    name="oneshot", summary="One-shot pruning (Minitron-style activation importance), no training: a dense HF folder.",
+    card="one-shot structured pruning by activation importance on calibration text (Minitron-style), no training",
+    main=main, section="dress", needs_target=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``prune``: learned hard-concrete masks pulled to the target shape by a Lagrangian (DRPruning / Sheared-LLaMA).
 
 Masks are sampled per micro-step (identical on every rank); the masks and multipliers are small fp32 modules
-outside the engine, optimised by the SideOptimizer, and checkpointed in the mode's state.
+outside the engine, optimised by the SideOptimizer, and checkpointed in the mode's state. Before step 1 of a
+fresh run, calibration protects the massive-activation hidden dims (megadrp/masks/outliers.py).
 """
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from typing import Dict
 
 import torch
 
+from megadrp.data.sampler import calibration_batches
+from megadrp.masks import Lagrangian, MaskSet
+from megadrp.masks.controller import make_controller
+from megadrp.masks.outliers import massive_dims, residual_rms
 from megadrp.methods.base import Mode
-from megadrp.trainer.lr_schedule import lr_at
+from megadrp.methods.spec import SELF_TEACHER, MethodSpec
 from megadrp.trainer.optim import SideOptimizer
 
 
@@ -19,41 +24,38 @@ class PruneMode(Mode):
 
     name = "prune"
 
-    def setup(self, trainer) -> None:
-        from megadrp.masks import Lagrangian, MaskSet
-        from megadrp.masks.controller import make_controller
-
-        super().setup(trainer)
-        cfg = trainer.cfg
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        cfg = ctx.cfg
         # Masks and multipliers are plain fp32 modules on the local device, outside the engine: ZeRO-3
         # would partition them (docs/ARCHITECTURE.md, Masks).
-        self.masks = MaskSet(trainer.shape, cfg.pruning.target, init_mean=cfg.pruning.log_alpha_init,
-                             temperature=cfg.pruning.temperature, seed=cfg.optim.seed, device=trainer.device)
-        self.lagrangian = Lagrangian(self.masks.families).to(trainer.device)
+        self.masks = MaskSet(ctx.shape, cfg.pruning.target, init_mean=cfg.pruning.log_alpha_init,
+                             temperature=cfg.pruning.temperature, seed=cfg.optim.seed, device=ctx.device)
+        self.lagrangian = Lagrangian(self.masks.families).to(ctx.device)
         self.side = SideOptimizer(self.masks.parameters(), self.lagrangian.parameters(),
-                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda, group=trainer.group)
+                                  cfg.pruning.lr_log_alpha, cfg.pruning.lr_lambda, group=ctx.group)
         self.controller = make_controller(cfg.pruning.controller, self.masks, self.lagrangian)
-        self.source_params = float(trainer.shape.num_params())
+        self.parts.register("masks", self.masks)
+        self.parts.register("lagrangian", self.lagrangian)
+        self.parts.register("side_optimizer", self.side, optional=True)
+        self.parts.register("controller", self.controller, optional=True)
+        self.source_params = float(ctx.shape.num_params())
         self.seed, self.max_steps = cfg.optim.seed, cfg.optim.max_steps
         self.warmup_fraction = cfg.pruning.warmup_fraction
-        self._last_terms: Dict[str, float] = {}
 
     @torch.no_grad()
-    def calibrate(self, trainer):
+    def calibrate(self, domain_weights):
         """Protect massive-activation hidden dims (megadrp/masks/outliers.py) found on one training batch."""
-        ratio = trainer.cfg.pruning.protect_massive_dims
+        ctx = self.ctx
+        ratio = ctx.cfg.pruning.protect_massive_dims
         if "hidden" not in self.masks.families or ratio <= 0:
             return None
-        from megadrp.data import DomainMixtureSampler
-        from megadrp.masks.outliers import massive_dims, residual_rms
-
-        cfg, group = trainer.cfg, trainer.group
-        probe = DomainMixtureSampler(trainer.plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                     seed=cfg.optim.seed + 1, rank=group.rank, world_size=group.size,
-                                     weights=trainer.reweighter.weights)
-        tokens = probe.next_batch()["tokens"][:, :-1].to(trainer.device)
-        model = getattr(trainer.engine, "module", trainer.engine)
-        rms = residual_rms(model, lambda: trainer.engine(tokens, None), group.all_reduce_sum)
+        cfg, group = ctx.cfg, ctx.group
+        batches, _ = calibration_batches(ctx.inputs.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size, 1,
+                                         seed=cfg.optim.seed + 1, weights=domain_weights, rank=group.rank,
+                                         world_size=group.size)
+        tokens = batches[0][:, :-1].to(ctx.device)
+        rms = residual_rms(ctx.module, lambda: ctx.engine(tokens, None), group.all_reduce_sum)
         dims = massive_dims(rms, ratio)
         self.masks.protect_hidden(dims)
         return {"kind": "calibration", "step": 0, "protected_hidden": dims,
@@ -78,9 +80,8 @@ class PruneMode(Mode):
         self.side.zero_grad()
 
     def after_step(self, step):
-        o = self.trainer.cfg.optim
-        if self.trainer.cfg.pruning.side_lr_schedule == "weights":  # the reference's scheduler spans every group
-            self.side.set_lr_scale(lr_at(step - 1, o.max_steps, 1.0, o.warmup_steps, o.min_lr_ratio))
+        if self.ctx.cfg.pruning.side_lr_schedule == "weights":  # the reference's scheduler spans every group
+            self.side.set_lr_scale(self.ctx.lr_scale(step))
         self.controller.before_step()
         self.side.step()
         self.controller.after_step(self._targets(step))
@@ -108,12 +109,8 @@ class PruneMode(Mode):
         params = record.get("expected_params", 0)
         return f"lagr {record.get('lagrangian', 0.0):+.4f} | sparsity {sp} | params {params:.3e}"
 
-    def state_dict(self):
-        return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
-                "side_optimizer": self.side.state_dict(), "controller": self.controller.state_dict()}
 
-    def load_state_dict(self, state):
-        self.masks.load_state_dict(state["masks"])
-        self.lagrangian.load_state_dict(state["lagrangian"])
-        self.side.load_state_dict(state.get("side_optimizer") or {})
-        self.controller.load_state_dict(state.get("controller") or {})
+SPEC = MethodSpec(
+    name="prune", summary="Prune a model with learned masks + domain reweighting (DRPruning).",
+    card="targeted structured pruning with learned hard-concrete masks (Sheared-LLaMA), data reweighting: {dro}",
+    mode=PruneMode, section="pruning", needs_target=True, masked_forward=True, empty_teacher=SELF_TEACHER)

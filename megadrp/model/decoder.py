@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from megadrp.kernels import ops
 from megadrp.kernels.cross_entropy import linear_cross_entropy
-from megadrp.model.families import Family, get_family
+from megadrp.model.families import ModelFamily, get_family
 from megadrp.model.rope import apply_rope, cos_sin
 from megadrp.model.shape import ModelShape
 
@@ -121,7 +121,7 @@ class MaskedCausalLM(nn.Module):
                  activation_checkpointing: bool = False, attn_backend: str = "sdpa"):
         super().__init__()
         self.shape = shape
-        self.family: Family = get_family(family) if isinstance(family, str) else family
+        self.family: ModelFamily = get_family(family) if isinstance(family, str) else family
         if shape.attention_bias != self.family.qkv_bias:
             raise ValueError(f"family {self.family.name} has qkv_bias={self.family.qkv_bias} but the shape has "
                              f"attention_bias={shape.attention_bias}")

@@ -14,27 +14,43 @@ import torch
 
 from megadrp.model.shape import ModelShape
 
+# The HF parameter names, spelled here only (LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM share
+# them): the key maps below, the export surgery and DReSS's coupled slices all build names with these.
+HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+HF_PROJ_BLOCK = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+                 "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}  # every projection of a layer
+HF_ATTN_IN, HF_MLP_IN = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")  # they read the residual stream
+HF_LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+def hf_layer_prefix(i) -> str:
+    return f"model.layers.{i}."
+
+
+def hf_layer_param(i, name: str, kind: str = "weight") -> str:
+    """HF name of layer ``i``'s projection ``name`` (a key of HF_PROJ_BLOCK; ``kind`` weight or bias) or norm."""
+    if name in HF_LAYER_NORMS:
+        return f"{hf_layer_prefix(i)}{name}.weight"
+    return f"{hf_layer_prefix(i)}{HF_PROJ_BLOCK[name]}.{name}.{kind}"
+
+
 # internal name -> HF name; "{i}" is the layer index.
-_GLOBAL_KEYS = {
-    "embed_tokens.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
+_GLOBAL_KEYS = {"embed_tokens.weight": HF_EMBED, "norm.weight": HF_FINAL_NORM, "lm_head.weight": HF_LM_HEAD}
 _LAYER_KEYS = {
-    "layers.{i}.input_layernorm.weight": "model.layers.{i}.input_layernorm.weight",
-    "layers.{i}.self_attn.q_weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "layers.{i}.self_attn.k_weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "layers.{i}.self_attn.v_weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "layers.{i}.self_attn.o_weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "layers.{i}.post_attention_layernorm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "layers.{i}.mlp.gate_weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "layers.{i}.mlp.up_weight": "model.layers.{i}.mlp.up_proj.weight",
-    "layers.{i}.mlp.down_weight": "model.layers.{i}.mlp.down_proj.weight",
+    "layers.{i}.input_layernorm.weight": hf_layer_param("{i}", "input_layernorm"),
+    "layers.{i}.self_attn.q_weight": hf_layer_param("{i}", "q_proj"),
+    "layers.{i}.self_attn.k_weight": hf_layer_param("{i}", "k_proj"),
+    "layers.{i}.self_attn.v_weight": hf_layer_param("{i}", "v_proj"),
+    "layers.{i}.self_attn.o_weight": hf_layer_param("{i}", "o_proj"),
+    "layers.{i}.post_attention_layernorm.weight": hf_layer_param("{i}", "post_attention_layernorm"),
+    "layers.{i}.mlp.gate_weight": hf_layer_param("{i}", "gate_proj"),
+    "layers.{i}.mlp.up_weight": hf_layer_param("{i}", "up_proj"),
+    "layers.{i}.mlp.down_weight": hf_layer_param("{i}", "down_proj"),
 }
 _QKV_BIAS_KEYS = {
-    "layers.{i}.self_attn.q_bias": "model.layers.{i}.self_attn.q_proj.bias",
-    "layers.{i}.self_attn.k_bias": "model.layers.{i}.self_attn.k_proj.bias",
-    "layers.{i}.self_attn.v_bias": "model.layers.{i}.self_attn.v_proj.bias",
+    "layers.{i}.self_attn.q_bias": hf_layer_param("{i}", "q_proj", "bias"),
+    "layers.{i}.self_attn.k_bias": hf_layer_param("{i}", "k_proj", "bias"),
+    "layers.{i}.self_attn.v_bias": hf_layer_param("{i}", "v_proj", "bias"),
 }
 # Keys some checkpoints carry that hold no weights (old transformers saved the RoPE buffer).
 _IGNORED_HF_KEYS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
@@ -42,7 +58,7 @@ _LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
-class Family:
+class ModelFamily:
     name: str
     model_type: str  # config.json model_type
     config_class: str  # transformers config class name
@@ -128,27 +144,27 @@ def _debug(**kw) -> ModelShape:
     return ModelShape(**base)
 
 
-FAMILIES: Dict[str, Family] = {
-    "llama": Family("llama", "llama", "LlamaConfig", "LlamaForCausalLM", qkv_bias=False, debug_shape=_debug()),
-    "mistral": Family("mistral", "mistral", "MistralConfig", "MistralForCausalLM", qkv_bias=False,
+MODEL_FAMILIES: Dict[str, ModelFamily] = {
+    "llama": ModelFamily("llama", "llama", "LlamaConfig", "LlamaForCausalLM", qkv_bias=False, debug_shape=_debug()),
+    "mistral": ModelFamily("mistral", "mistral", "MistralConfig", "MistralForCausalLM", qkv_bias=False,
                       debug_shape=_debug(), config_defaults={"sliding_window": None}),
-    "qwen2": Family("qwen2", "qwen2", "Qwen2Config", "Qwen2ForCausalLM", qkv_bias=True,
+    "qwen2": ModelFamily("qwen2", "qwen2", "Qwen2Config", "Qwen2ForCausalLM", qkv_bias=True,
                     debug_shape=_debug(attention_bias=True, rope_theta=1e6),
                     config_defaults={"use_sliding_window": False, "sliding_window": None}),
 }
 
 
-def get_family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise ValueError(f"unsupported model family {name!r}; supported families: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+def get_family(name: str) -> ModelFamily:
+    if name not in MODEL_FAMILIES:
+        raise ValueError(f"unsupported model family {name!r}; supported families: {', '.join(MODEL_FAMILIES)}")
+    return MODEL_FAMILIES[name]
 
 
-def family_for_config(cfg: dict) -> Family:
+def family_for_config(cfg: dict) -> ModelFamily:
     """The family of a config.json dict, from its model_type."""
     mt = cfg.get("model_type")
-    for fam in FAMILIES.values():
+    for fam in MODEL_FAMILIES.values():
         if fam.model_type == mt:
             return fam
     raise ValueError(f"unsupported model_type {mt!r} in config.json; supported families: "
-                     f"{', '.join(f.model_type for f in FAMILIES.values())}")
+                     f"{', '.join(f.model_type for f in MODEL_FAMILIES.values())}")

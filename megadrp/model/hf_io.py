@@ -1,7 +1,7 @@
 """Hugging Face folder I/O: read config.json, and build a MaskedCausalLM from a folder's config and weights
 (read by megadrp.model.lazy_weights). Never runs remote code.
 
-The two halves (the weights, megadrp.model.lazy_weights; Family.hf_to_internal) are public so the trainer can
+The two halves (the weights, megadrp.model.lazy_weights; ModelFamily.hf_to_internal) are public so the trainer can
 load under ZeRO-3 (gathering each parameter itself) without going through load_pretrained.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Tuple, Union
 import torch
 
 from megadrp.model.decoder import MaskedCausalLM
-from megadrp.model.families import Family, family_for_config, get_family
+from megadrp.model.families import ModelFamily, family_for_config, get_family
 from megadrp.model.lazy_weights import open_hf_weights, shape_of
 from megadrp.model.shape import ModelShape
 
@@ -31,8 +31,8 @@ def read_hf_config(path: PathLike) -> dict:
                          f"again)") from None
 
 
-def resolve_family(path_or_config: Union[PathLike, dict], family: str = "auto") -> Family:
-    """The Family of a folder (or config dict); 'auto' reads config.json's model_type."""
+def resolve_family(path_or_config: Union[PathLike, dict], family: str = "auto") -> ModelFamily:
+    """The ModelFamily of a folder (or config dict); 'auto' reads config.json's model_type."""
     cfg = path_or_config if isinstance(path_or_config, dict) else read_hf_config(path_or_config)
     if family == "auto":
         return family_for_config(cfg)
@@ -42,7 +42,7 @@ def resolve_family(path_or_config: Union[PathLike, dict], family: str = "auto") 
     return fam
 
 
-def read_shape(path: PathLike, family: str = "auto") -> Tuple[ModelShape, Family]:
+def read_shape(path: PathLike, family: str = "auto") -> Tuple[ModelShape, ModelFamily]:
     """(shape, family) of an HF folder: the family first, so a model of another architecture (GPT-2, ...) is named
     as an unsupported model_type rather than by the first field it lacks."""
     cfg = read_hf_config(path)

@@ -2,7 +2,7 @@
 
 One dataclass shared by the model, the masks (source and target shapes), the trainer and export. It reads
 HF config.json dicts (transformers 4 style `rope_theta`/`rope_scaling` or transformers 5 `rope_parameters`);
-writing one back is the family's job (``Family.hf_config_dict``: model_type, architecture, defaults).
+writing one back is the family's job (``ModelFamily.hf_config_dict``: model_type, architecture, defaults).
 """
 from __future__ import annotations
 

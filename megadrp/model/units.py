@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class UnitFamily:
+class UnitKind:
     name: str        # the key in a masks dict
     field: str       # the ModelShape field that counts the units
     per_layer: bool  # mask [L, n] kept uniformly per layer, else [n] chosen globally
 
 
-UNITS = (UnitFamily("layer", "num_hidden_layers", False), UnitFamily("head", "num_key_value_heads", True),
-         UnitFamily("intermediate", "intermediate_size", True), UnitFamily("hidden", "hidden_size", False))
+UNITS = (UnitKind("layer", "num_hidden_layers", False), UnitKind("head", "num_key_value_heads", True),
+         UnitKind("intermediate", "intermediate_size", True), UnitKind("hidden", "hidden_size", False))
 BY_NAME = {u.name: u for u in UNITS}
 #: The mask families in their fixed order (the order masks are sampled, saved and logged in).
 FAMILIES = tuple(u.name for u in UNITS)

@@ -79,15 +79,15 @@ def main(argv: list[str]) -> int:
     return 0 if est.fits is not False else 1
 
 
-def startup_check(cfg, plan, log=print, gpu_memory_gib=None) -> Estimate:
-    """Print the plan of this run; raise ConfigError when it cannot fit the GPUs it runs on (their memory
-    from CUDA unless given; on CPU nothing is refused)."""
+def startup_check(cfg, inputs, log=print, gpu_memory_gib=None) -> Estimate:
+    """Print the plan of this run (``inputs``: its pre-flight RunInputs); raise ConfigError when it cannot fit the
+    GPUs it runs on (their memory from CUDA unless given; on CPU nothing is refused)."""
     import torch
 
     from megadrp.config import ConfigError
     from megadrp.plan.resolve import run_shape
 
-    run = run_shape(cfg, plan.world_size, precision=plan.precision, ds_config=plan.ds_config)
+    run = run_shape(cfg, inputs.world_size, inputs=inputs)  # what pre-flight resolved, not the config again
     memory = gpu_memory_gib
     if memory is None and torch.cuda.is_available():
         memory = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3

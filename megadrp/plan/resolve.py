@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from megadrp.config import ConfigError
+from megadrp.methods import get_method
+from megadrp.trainer.build import SELF_TEACHER
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
@@ -53,7 +55,7 @@ def shape_of(path: str, field: str = "model.path"):
                       f"({', '.join(sorted(KNOWN_SHAPES))}); give a Hugging Face folder (config.json is enough)")
 
 
-def _teacher(cfg, shape):
+def _teacher(cfg, method, shape):
     """(teacher ModelShape of a separate copy or None, whether a teacher pass's logits exist) from the
     ``distill`` section, read defensively: a config without one has no teacher."""
     distill = getattr(cfg, "distill", None)
@@ -62,20 +64,31 @@ def _teacher(cfg, shape):
     path = getattr(distill, "teacher", "") or ""
     if path:
         return shape_of(path, "distill.teacher"), True
-    if cfg.mode == "prune":  # the masked model's own all-masks-1 pass: no second copy
+    if method.empty_teacher == SELF_TEACHER:  # the masked model's own all-masks-1 pass: no second copy
         return None, True
-    return shape, True  # dress: a frozen copy of model.path
+    return shape, True  # a frozen copy of model.path (dress; a method without a default is refused in pre-flight)
+
+
+def _teacher_of_inputs(inputs):
+    """The same pair from a pre-flight's resolved teacher (megadrp.trainer.build.TeacherSpec or None)."""
+    spec = inputs.teacher
+    if spec is None:
+        return None, False
+    return (None if spec.kind == "self" else spec.shape), True
 
 
 def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Optional[dict] = None,
-              gpu_memory_gib: Optional[float] = None):
+              gpu_memory_gib: Optional[float] = None, inputs=None):
     """The RunShape of ``cfg`` on ``gpus`` data-parallel ranks (precision resolved for GPUs unless given; a ZeRO
-    stage "auto" resolved for GPUs of ``gpu_memory_gib``)."""
+    stage "auto" resolved for GPUs of ``gpu_memory_gib``). ``inputs``: a run's pre-flight RunInputs, whose
+    precision, DeepSpeed JSON, shapes and teacher are used as resolved (the trainer's start-up check)."""
     from megadrp.config import check_deepspeed_json, resolve_precision
     from megadrp.plan.estimate import RunShape, ZeroSetup
 
+    if inputs is not None:
+        precision, ds_config = inputs.precision, inputs.ds_config
     precision = precision or resolve_precision(cfg.deepspeed.precision, "cuda")
-    shape = shape_of(cfg.model.path)
+    shape = inputs.shape if inputs is not None else shape_of(cfg.model.path)
     if ds_config is None:
         from megadrp.config.zero_stage import resolve_zero_stage
 
@@ -83,22 +96,25 @@ def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Option
         # a "stage": "auto" JSON: the stage the trainer would pick on GPUs of this memory (80 GiB if not given)
         resolve_zero_stage(ds_config, shape.num_params(), gpus, precision, "cuda",
                            device_bytes=int((gpu_memory_gib or 80.0) * 2 ** 30))
+    method = get_method(cfg.mode)
     target, mask_params = None, 0
-    if cfg.mode in ("prune", "dress"):
+    if inputs is not None:
+        target = inputs.target_shape
+    elif method.needs_target:
         from megadrp.masks import resolve_target
 
         target = resolve_target(shape, cfg.pruning.target)
-    if cfg.mode == "prune":
+    if method.masked_forward:
         from megadrp.masks import Lagrangian, MaskSet
 
         masks = MaskSet(shape, target)  # log_alpha tensors only: a few MB even at 70B
         mask_params = sum(p.numel() for p in masks.parameters())
         mask_params += sum(p.numel() for p in Lagrangian(masks.families).parameters())
-    teacher, teacher_logits = _teacher(cfg, shape)
+    teacher, teacher_logits = _teacher_of_inputs(inputs) if inputs is not None else _teacher(cfg, method, shape)
     return RunShape(shape=shape, target=target, precision=precision, zero=ZeroSetup.from_ds_config(ds_config),
                     gpus=gpus, micro_batch=cfg.optim.micro_batch_size,
                     accumulation=cfg.optim.gradient_accumulation_steps, seq_length=cfg.data.seq_length,
                     activation_checkpointing=cfg.model.activation_checkpointing, mask_params=mask_params,
-                    teacher=teacher, teacher_logits=teacher_logits, masked=cfg.mode == "prune",
+                    teacher=teacher, teacher_logits=teacher_logits, masked=method.masked_forward,
                     fused_loss=bool(getattr(cfg.model, "fused_cross_entropy", False)) and not teacher_logits,
                     max_steps=cfg.optim.max_steps)

@@ -261,7 +261,7 @@ def train(mode: str, config: str, run_dir: str, max_steps: int, nproc: int, over
 
 def oneshot(config: str, run_dir: str, overrides: list[str], wanted: dict | None = None) -> str:
     """`megadrp oneshot` into RUN_DIR/pruned; skipped when that folder is complete and made by this recipe."""
-    out = os.path.join(run_dir, "pruned")
+    out = os.path.join(run_dir, run_format.PRUNED_DIR)
     wanted = wanted or recipe("oneshot", config, overrides)
     check_recipe(out, wanted)
     if os.path.exists(os.path.join(out, "oneshot_scores.json")):

@@ -77,7 +77,8 @@ def _collective(fn: Callable[[], object], step_dir: Path, run_dir) -> object:
 def save(engine, run_dir, step: int, state: dict, keep_last: int, tokenizer_src: Optional[str] = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint folder."""
     ck = checkpoints_dir(run_dir)
-    tag, tmp_tag = f"step_{step}", f".tmp_step_{step}"
+    tag = run_format.step_dir_name(step)
+    tmp_tag = f".tmp_{tag}"
     tmp_dir, final = ck / tmp_tag, ck / tag
     _collective(lambda: write_guard.check_room(ck, tmp_dir, list_checkpoints(run_dir)), final, run_dir)
     dist.barrier()

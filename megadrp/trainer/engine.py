@@ -86,3 +86,29 @@ def initialize(model, optimizer, ds_config: dict):
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                            dist_init_required=False)
     return engine
+
+
+def initialize_frozen(model, ds_config: dict):
+    """A frozen model's engine (a teacher, a reference): no optimizer, so under ZeRO-3 a parameter-offload engine
+    whose hooks gather the partitioned weights layer by layer, without optimizer state."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config, dist_init_required=False)
+    return engine
+
+
+def gather_full_state_dict(module, keep: bool) -> dict:
+    """The module's whole fp32 weights on this rank's CPU when ``keep`` ({} otherwise). Collective under ZeRO-3:
+    one parameter is gathered at a time and only a keeping rank copies it, so no other rank ever holds more than
+    one gathered parameter (keeping on every rank would cost the whole model per rank: ~28 GB at 7B)."""
+    import deepspeed
+
+    out = {}
+    for name, p in module.named_parameters():
+        if hasattr(p, "ds_id"):
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if keep:
+                    out[name] = p.detach().float().cpu().clone()
+        elif keep:
+            out[name] = p.detach().float().cpu()
+    return out

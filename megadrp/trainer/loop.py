@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
 
+from megadrp import run_format
 from megadrp.config import save_config, to_dict
 from megadrp.kernels.cross_entropy import token_cross_entropy
 from megadrp.trainer import checkpoint, dist, elastic, faults, stop_signal
 from megadrp.trainer import engine as engine_mod
 from megadrp.trainer import mfu as mfu_mod
 from megadrp.trainer import precision as precision_mod
-from megadrp.trainer.build import Plan
+from megadrp.trainer.build import RunInputs
+from megadrp.trainer.context import RunContext
 from megadrp.trainer.lr_schedule import lr_at, set_lr
 from megadrp.trainer.metrics import MetricsFile, Wandb, step_line
 from megadrp.trainer.optim import make_weight_optimizer
 from megadrp.trainer.pending import PendingSteps, StepNumbers
 from megadrp.trainer.spike_guard import SpikeGuard
+from megadrp.trainer.state import StateRegistry
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,14 +46,15 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, plan: Plan, mode, resume: str = "none", distiller=None, reference=None):
-        """``mode``: the method's hooks (a megadrp.methods.Mode, e.g. ``megadrp.methods.get_mode(cfg.mode)``);
-        ``distiller``: None, or a callable(trainer) -> KD hook or None, called once the engine exists
-        (``megadrp.distill.make_distiller``); ``reference``: None (the starting model), or a callable(trainer)
-        -> (held-out loss per domain, what model) for DRO's initial l_ref (``megadrp.distill.source_reference``)."""
-        self.cfg, self.plan, self.mode, self.resume_spec = cfg, plan, mode, resume
+    def __init__(self, cfg, inputs: RunInputs, mode, resume: str = "none", distiller=None, reference=None):
+        """``inputs``: pre-flight's RunInputs (megadrp.trainer.build.preflight); ``mode``: the method's hooks (a
+        megadrp.methods.Mode, ``inputs.method.mode()``); ``distiller``: None, or a callable(RunContext) -> KD hook
+        or None, called once the engine exists (``megadrp.distill.make_distiller``); ``reference``: None (the
+        starting model), or a callable(RunContext, HeldoutEval, teacher) -> (held-out loss per domain, what model)
+        for DRO's initial l_ref (``megadrp.distill.source_reference.measure``)."""
+        self.cfg, self.inputs, self.mode, self.resume_spec = cfg, inputs, mode, resume
         self._make_distiller, self._measure_reference = distiller, reference
-        self.shape, self.family = plan.shape, plan.family
+        self.shape, self.family = inputs.shape, inputs.family
         self.device = dist.device()
         self.group = dist.DataParallelGroup()  # every collective of the loop and the mode runs over it
         self.step = 0
@@ -66,42 +71,49 @@ class Trainer:
         from megadrp.data import DomainMixtureSampler
         from megadrp.dro import DomainLossTracker, make_reweighter
 
-        cfg, plan = self.cfg, self.plan
+        cfg, inputs = self.cfg, self.inputs
         torch.manual_seed(cfg.optim.seed)
         path = checkpoint.choose(self.resume_spec, cfg.run_dir, _log)  # verified; 'auto' skips damaged ones
         # At another world size than the checkpoint's: its universal conversion, and ds_config set to load it.
-        self.engine_state_path = elastic.prepare_resume(path, plan.ds_config, self.group.size)
+        self.engine_state_path = elastic.prepare_resume(path, inputs.ds_config, self.group.size)
         init = None
-        if path is None and cfg.checkpoint.init_from and plan.weights_path != cfg.checkpoint.init_from:
+        if path is None and cfg.checkpoint.init_from and inputs.weights_path != cfg.checkpoint.init_from:
             init = checkpoint.choose(cfg.checkpoint.init_from, cfg.run_dir, _log)  # a checkpoint, verified
-        model = engine_mod.build_model(self.shape, self.family, plan.ds_config, plan.precision, cfg.model)
+        model = engine_mod.build_model(self.shape, self.family, inputs.ds_config, inputs.precision, cfg.model)
         if init is not None:  # weights only, any world size: the fp32 weights consolidated from every shard
             _log(f"initialising weights from {init} (weights only)")
-            engine_mod.load_source_weights(model, init, self.family, plan.ds_config,
+            engine_mod.load_source_weights(model, init, self.family, inputs.ds_config,
                                            read=elastic.read_checkpoint_weights)
         elif path is None:  # a resumed run takes every weight from the checkpoint: skip reading the source
-            engine_mod.load_source_weights(model, plan.weights_path, self.family, plan.ds_config)
-        optimizer = make_weight_optimizer(model, cfg.optim, plan.ds_config)
-        self.engine = engine_mod.initialize(model, optimizer, plan.ds_config)
+            engine_mod.load_source_weights(model, inputs.weights_path, self.family, inputs.ds_config)
+        optimizer = make_weight_optimizer(model, cfg.optim, inputs.ds_config)
+        self.engine = engine_mod.initialize(model, optimizer, inputs.ds_config)
         probe = precision_mod.probe_shape(cfg.optim.micro_batch_size * cfg.data.seq_length, self.shape.hidden_size,
                                           self.shape.intermediate_size)
         self.precision = precision_mod.resolve_on_ranks(cfg.deepspeed.precision, self.device.type, probe)
-        self.mode.setup(self)
-        self.distill = self._make_distiller(self) if self._make_distiller else None  # None: no distillation
-        self.sampler = DomainMixtureSampler(plan.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
+        self.context = RunContext(cfg=cfg, inputs=inputs, device=self.device, group=self.group, engine=self.engine)
+        self.mode.setup(self.context)
+        self.distill = self._make_distiller(self.context) if self._make_distiller else None  # None: no distillation
+        self.sampler = DomainMixtureSampler(inputs.datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
                                             seed=cfg.optim.seed, rank=self.group.rank, world_size=self.group.size)
         self.tracker = DomainLossTracker(len(cfg.data.domains), group=self.group.process_group)
-        self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, plan.token_counts, cfg.optim.max_steps,
+        self.reweighter = make_reweighter(cfg.dro, cfg.data.domains, inputs.token_counts, cfg.optim.max_steps,
                                           target_sparsity=self.mode.final_sparsity(),
                                           model_params=float(self.shape.num_params()),
                                           group=self.group.process_group)
         self.sampler.set_weights(self.reweighter.weights)
+        # what a checkpoint saves and a resume restores, each under its key of the state file
+        self.stateful = StateRegistry()
+        self.stateful.register("mode_state", self.mode, optional=True)
+        self.stateful.register("sampler", self.sampler)
+        self.stateful.register("reweighter", self.reweighter)
+        self.stateful.register("spike_guard", self.spike, optional=True)  # older checkpoints have none
         self.heldout = None
-        if plan.eval_datasets:
+        if inputs.eval_datasets:
             from megadrp.trainer.periodic_eval import HeldoutEval
 
-            self.heldout = HeldoutEval(plan.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
-                                       cfg.logging.eval_batches, plan.tokenizer_path, self.group)
+            self.heldout = HeldoutEval(inputs.eval_datasets, cfg.data.seq_length, cfg.optim.micro_batch_size,
+                                       cfg.logging.eval_batches, inputs.tokenizer_path, self.group)
         self.metrics = MetricsFile(cfg.run_dir, dist.is_main())
         run_id = None
         if path is not None:
@@ -111,7 +123,7 @@ class Trainer:
             if self.heldout is not None and self.reweighter.needs_reference_losses():
                 self._measure_reference_losses()
         if dist.is_main():
-            save_config(cfg, f"{cfg.run_dir}/config.yaml")
+            save_config(cfg, str(Path(cfg.run_dir) / run_format.CONFIG_FILE))
             if path is not None:
                 self.metrics.truncate_after(self.step)
         self.wandb = Wandb(cfg.logging, cfg.run_dir, run_id, to_dict(cfg), dist.is_main())
@@ -120,7 +132,7 @@ class Trainer:
         return self
 
     def _calibrate(self) -> None:
-        record = self.mode.calibrate(self)
+        record = self.mode.calibrate(self.reweighter.weights)
         if record is None:
             return
         self.metrics.write(record)
@@ -132,7 +144,8 @@ class Trainer:
         """DRPruning's initial l_ref when none is configured: the source's held-out loss per domain
         (``reference``, handed in by train.py). Without it each domain's first training observation would serve, a
         single noisy micro-batch that, under small batches, can pin a domain's weight low for the whole run."""
-        losses, model = self._measure_reference(self) if self._measure_reference else (None, "starting model")
+        losses, model = (self._measure_reference(self.context, self.heldout, getattr(self.distill, "teacher", None))
+                         if self._measure_reference else (None, "starting model"))
         if losses is None:  # the starting model itself, unmasked (the source in prune and dress mode)
             losses = self.heldout.run(self.engine, None, self.device)["eval_loss"]
         domains = list(self.cfg.data.domains)
@@ -149,10 +162,7 @@ class Trainer:
         if state["mode"] != self.cfg.mode:
             raise ValueError(f"{path} is a {state['mode']} checkpoint; this run is {self.cfg.mode}")
         checkpoint.load(self.engine, self.engine_state_path)
-        self.mode.load_state_dict(state.get("mode_state", {}))
-        self.sampler.load_state_dict(state["sampler"])
-        self.reweighter.load_state_dict(state["reweighter"])
-        self.spike.load_state_dict(state.get("spike_guard"))
+        self.stateful.load_state_dict({"mode_state": {}, **state})
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         rngs = state.get("rng") or []
         if rngs:
@@ -291,8 +301,8 @@ class Trainer:
             self.wandb.finish()
             return 0
         _log(f"{cfg.mode}: steps {self.step + 1}..{cfg.optim.max_steps}, world size {self.group.size}, "
-             f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.plan.ds_config)}"
-             + (f" ({self.plan.zero_reason})" if self.plan.zero_reason else ""))
+             f"{self.precision.describe()}, ZeRO stage {engine_mod.zero_stage(self.inputs.ds_config)}"
+             + (f" ({self.inputs.zero_reason})" if self.inputs.zero_reason else ""))
         self._clock = (time.perf_counter(), self.step)  # this process's start: elapsed time and the ETA
         try:
             while self.step < cfg.optim.max_steps:
@@ -368,29 +378,29 @@ class Trainer:
     def save(self) -> None:
         cfg = self.cfg
         self.settle()  # steps not read back yet (a stop signal's save): never checkpoint unchecked numbers
+        # what the run is (export and resume read these) and where it stands, then every registered part's state
         state = {"step": self.step, "mode": cfg.mode, "config": to_dict(cfg), "family": self.family.name,
-                 "world_size": self.group.size,
-                 "source_shape": self.shape.to_dict(), "tokens_seen": self.tokens_seen,
-                 "sampler": self.sampler.state_dict(), "reweighter": self.reweighter.state_dict(),
+                 "world_size": self.group.size, "source_shape": self.shape.to_dict(), "tokens_seen": self.tokens_seen,
                  "domain_weights": dict(zip(cfg.data.domains, map(float, self.reweighter.weights))),
-                 "wandb_run_id": self.wandb.run_id, "tokenizer": self.plan.tokenizer_path,
-                 "mode_state": self.mode.state_dict(), "autocast": self.precision.autocast,
-                 "data": self.plan.data_fingerprint or {},  # what the sampler positions index (resume_check)
-                 "spike_guard": self.spike.state_dict()}
-        self._check_ranks_agree()
+                 "wandb_run_id": self.wandb.run_id, "tokenizer": self.inputs.tokenizer_path,
+                 "autocast": self.precision.autocast,
+                 "data": self.inputs.data_fingerprint or {},  # what the sampler positions index (resume_check)
+                 "method_card": self.inputs.method.card_sentence(cfg.dro.method),
+                 **self.stateful.state_dict()}
+        self._check_ranks_agree(state["mode_state"])
         self.last_checkpoint = checkpoint.save(self.engine, cfg.run_dir, self.step, state, cfg.checkpoint.keep_last,
-                                               self.plan.tokenizer_path)
+                                               self.inputs.tokenizer_path)
         self._saved_step = self.step
         _log(f"checkpoint {self.last_checkpoint}")
 
 
-    def _check_ranks_agree(self) -> None:
+    def _check_ranks_agree(self, mode_state: dict) -> None:
         """Masks, multipliers and domain weights must be bit-identical on every rank (they are replicated state
         updated from all-reduced numbers); a checkpoint of diverged replicas would resume differently."""
         import hashlib
 
         h = hashlib.sha256(str(self.reweighter.weights.tolist()).encode())
-        for v in self.mode.state_dict().values():
+        for v in mode_state.values():
             for t in (v.values() if isinstance(v, dict) else []):
                 if isinstance(t, torch.Tensor):
                     h.update(t.detach().cpu().numpy().tobytes())

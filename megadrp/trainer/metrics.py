@@ -12,10 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from megadrp import run_format
+
 
 class MetricsFile:
     def __init__(self, run_dir, enabled: bool):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / run_format.METRICS_FILE
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
@@ -30,7 +32,7 @@ class MetricsFile:
                 continue
             if rec.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
+        tmp = self.path.with_name(f".{run_format.METRICS_FILE}.tmp")
         tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         os.replace(tmp, self.path)
 

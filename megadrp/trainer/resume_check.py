@@ -104,7 +104,7 @@ def check_one_history(cfg, path: Path, branch: bool) -> None:
 def wipe_for_overwrite(run_dir) -> None:
     """--overwrite: the earlier run's checkpoints and metrics go (after the run_dir lock is held)."""
     shutil.rmtree(run_format.checkpoints_dir(run_dir), ignore_errors=True)
-    Path(run_dir, "metrics.jsonl").unlink(missing_ok=True)
+    Path(run_dir, run_format.METRICS_FILE).unlink(missing_ok=True)
 
 
 def check_data(state: dict, path: Path, cfg, data: Optional[dict], allow_change: bool,
@@ -128,7 +128,7 @@ def check_data(state: dict, path: Path, cfg, data: Optional[dict], allow_change:
 def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bool,
                  note: Callable[[str], None] = print, data: Optional[dict] = None) -> None:
     """Refuse a resume that would not continue the checkpoint's run (see the module docstring); ``data``: this
-    run's {domain: fingerprint} (Plan.data_fingerprint), compared with the checkpoint's."""
+    run's {domain: fingerprint} (RunInputs.data_fingerprint), compared with the checkpoint's."""
     saved = state.get("config") or {}
     saved_domains = list((saved.get("data") or {}).get("domains") or [])
     domains = list(cfg.data.domains)
@@ -160,17 +160,17 @@ def check_resume(state: dict, path: Path, cfg, world_size: int, allow_change: bo
         note(f"config changes since {path.name} (accepted): {'; '.join(other)}")
 
 
-def check_start(cfg, plan, overwrite: bool = False, allow_change: bool = False,
+def check_start(cfg, inputs, overwrite: bool = False, allow_change: bool = False,
                 note: Callable[[str], None] = print, branch: bool = False) -> Optional[Path]:
     """All start checks of a run; returns the checkpoint it will resume from (before verification), or None."""
     path = run_format.resolve(cfg.checkpoint.resume, cfg.run_dir, note=lambda _msg: None)
     if path is None:
         if cfg.checkpoint.resume in (None, "", "none"):
             check_fresh_start(cfg, overwrite)
-        _check_weights(plan.weights_path)
+        _check_weights(inputs.weights_path)
         return None
-    check_resume(run_format.read_state(path), path, cfg, plan.world_size, allow_change, note,
-                 data=plan.data_fingerprint)
+    check_resume(run_format.read_state(path), path, cfg, inputs.world_size, allow_change, note,
+                 data=inputs.data_fingerprint)
     check_one_history(cfg, path, branch)
     return path
 

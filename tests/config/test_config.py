@@ -45,7 +45,6 @@ def test_defaults_validate():
     ("optim.lr=fast", "optim.lr", "number"),
     ("optim.max_steps=0", "optim.max_steps", "> 0"),
     ("optim.max_steps=1.5", "optim.max_steps", "integer"),
-    ("mode=shrink", "mode", "prune, cpt, dress"),
     ("dro.method=magic", "dro.method", "constant, sheared, drpruning"),
     ("dro.min_ratio=1.5", "dro.min_ratio", "[0, 1)"),
     ("dro.rho=-1", "dro.rho", "> 0"),
@@ -205,9 +204,12 @@ def test_cli_lists_subcommands(capsys):
 
 
 def test_dress_regularisation_must_fit_in_the_run():
+    """A method's own cross-section rule (methods/dress.py's check), applied when the method is looked up."""
+    from megadrp.methods import method_for
+
     with pytest.raises(ConfigError) as info:
-        load_config(None, ["mode=dress", "optim.max_steps=40"])
+        method_for(load_config(None, ["mode=dress", "optim.max_steps=40"]))
     assert info.value.field_path == "dress.regularize_steps"
     assert "exceeds optim.max_steps (40)" in str(info.value) and "<= optim.max_steps" in str(info.value)
-    load_config(None, ["mode=dress", "optim.max_steps=40", "dress.regularize_steps=40"]).check()
-    load_config(None, ["mode=prune", "optim.max_steps=40"]).check()  # only the dress mode regularises
+    method_for(load_config(None, ["mode=dress", "optim.max_steps=40", "dress.regularize_steps=40"]))
+    method_for(load_config(None, ["mode=prune", "optim.max_steps=40"]))  # only the dress mode regularises

@@ -56,14 +56,15 @@ def test_kd_values():
 # ---- configuration and pre-flight ---------------------------------------------------------------------------
 def test_distill_config_errors():
     from megadrp.config import ConfigError, load_config
+    from megadrp.methods import method_for
 
     cfg = load_config(None, ["mode=cpt"])
     assert cfg.distill.alpha == 0.0 and cfg.distill.temperature == 1.0 and cfg.distill.top_k == 0
     for override, field in (("distill.alpha=1.5", "distill.alpha"), ("distill.temperature=0", "distill.temperature"),
                             ("distill.top_k=-1", "distill.top_k"), ("distill.alpha=0.5", "distill.teacher")):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-            load_config(None, ["mode=cpt", override])
-    load_config(None, ["mode=prune", "distill.alpha=0.5"])  # prune's teacher defaults to its own unmasked pass
+            method_for(load_config(None, ["mode=cpt", override]))  # the last one: cpt's own rule
+    method_for(load_config(None, ["mode=prune", "distill.alpha=0.5"]))  # prune's teacher: its own unmasked pass
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +75,17 @@ def ws(tmp_path_factory):
 
 def test_preflight_names_a_bad_teacher(ws):
     from megadrp.config import ConfigError, load_config
-    from megadrp.distill import resolve_teacher
+    from megadrp.methods import get_method
     from megadrp.trainer.build import preflight
     from tests.helpers.tiny_models import make_tiny_hf_model
 
     tmp = ws["tmp"]
 
-    def teacher_of(teacher, mode="cpt"):  # the pre-flight of train.py: the run's plan, then its teacher
+    def teacher_of(teacher, mode="cpt"):  # the pre-flight of train.py resolves the teacher with everything else
         config = write_config(tmp, ws, tmp / "pf", mode=mode, distill={"alpha": 0.5, "teacher": str(teacher)},
                               dress={"regularize_steps": 4})
         cfg = load_config(str(config))
-        plan = preflight(cfg, world_size=2)
-        return resolve_teacher(cfg, plan.shape, plan.tokenizer_path)
+        return preflight(cfg, get_method(cfg.mode), world_size=2).teacher
 
     with pytest.raises(ConfigError, match="no config.json"):
         teacher_of(tmp / "nowhere")

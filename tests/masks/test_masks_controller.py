@@ -70,6 +70,7 @@ def test_prune_mode_side_groups_follow_the_weights_schedule(schedule):
     from megadrp.config.loader import from_dict
     from megadrp.config.schema import RunConfig
     from megadrp.methods.prune import PruneMode
+    from megadrp.trainer.context import RunContext
     from megadrp.trainer.dist import DataParallelGroup
     from megadrp.trainer.lr_schedule import lr_at
 
@@ -78,7 +79,9 @@ def test_prune_mode_side_groups_follow_the_weights_schedule(schedule):
                    "num_hidden_layers": 6}, "lr_log_alpha": 0.5, "lr_lambda": 2.0, "side_lr_schedule": schedule},
         "optim": {"max_steps": 100, "warmup_steps": 10}})
     mode = PruneMode()
-    mode.setup(SimpleNamespace(cfg=cfg, shape=SMALL, device=torch.device("cpu"), group=DataParallelGroup()))
+    # the mode reads only the source shape of the pre-flight's inputs; no engine: nothing runs a forward here
+    mode.setup(RunContext(cfg=cfg, inputs=SimpleNamespace(shape=SMALL), device=torch.device("cpu"),
+                          group=DataParallelGroup(), engine=None))
     for step in (1, 2, 3):
         mode.zero_grad()
         sum(mode.loss_terms(step, 0).values()).backward()

@@ -78,7 +78,7 @@ def test_oneshot_calibration_weights_every_domain_equally(ws):
     from megadrp.config import load_config
     from megadrp.data import IndexedDataset, IndexedDatasetWriter, load_domain_datasets, write_meta
     from megadrp.data.tokenizer import load_tokenizer
-    from megadrp.methods.oneshot import calibration_batches
+    from megadrp.methods.oneshot import calibration
 
     tmp = ws["tmp"]
     code = IndexedDataset(ws["prefix"] + "_code")
@@ -91,7 +91,7 @@ def test_oneshot_calibration_weights_every_domain_equally(ws):
                                        dress={"calibration_batches": 40})), ["mode=oneshot"])
     datasets = load_domain_datasets(cfg.data.prefix, ["prose", "bigcode"])
     assert datasets["bigcode"].num_tokens > 8 * datasets["prose"].num_tokens
-    batches, rows = calibration_batches(cfg, datasets)
+    batches, rows = calibration(cfg, datasets)
     assert len(batches) == 40 and tuple(batches[0].shape) == (2, 33)
     assert sum(rows.values()) == 80 and 28 <= rows["prose"] <= 52, rows  # natural weights would give ~8
 

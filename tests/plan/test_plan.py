@@ -162,13 +162,14 @@ def test_teacher_is_read_defensively_from_the_distill_section():
 
 def test_trainer_startup_prints_the_plan_and_refuses_a_run_that_cannot_fit(tmp_path):
     from megadrp.config import ConfigError, load_config
+    from megadrp.methods import method_for
     from megadrp.plan.report import startup_check
     from megadrp.trainer.build import preflight
     from tests.helpers.train_runs import make_workspace, write_config
 
     ws = make_workspace(tmp_path)
     cfg = load_config(str(write_config(tmp_path, ws, tmp_path / "run")), [])
-    plan = preflight(cfg, world_size=1)
+    plan = preflight(cfg, method_for(cfg), world_size=1)
     lines = []
     est = startup_check(cfg, plan, log=lines.append)  # on CPU: printed, never refused
     assert "memory plan" in lines[0] and "model_states" in lines[0] and est.fits is None

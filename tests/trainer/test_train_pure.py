@@ -25,3 +25,29 @@ def test_flops_per_token_counts_matrices_and_attention():
     assert flops_per_token(s, 10) == 6 * (3 * per_layer + 8 * 100) + 12 * 3 * 2 * 4 * 10
     assert mfu(1000.0, 1e9, None) is None
     assert mfu(1000.0, 1e9, 1e13, 2) == pytest.approx(0.05)
+
+
+def test_state_registry_saves_and_restores_every_registered_part():
+    from megadrp.trainer.state import StateRegistry
+
+    class Part:
+        def __init__(self, v):
+            self.v = v
+
+        def state_dict(self):
+            return {"v": self.v}
+
+        def load_state_dict(self, state):
+            self.v = state["v"]
+
+    reg = StateRegistry()
+    a, b = reg.register("a", Part(1)), reg.register("b", Part(2), optional=True)
+    assert reg.keys() == ["a", "b"] and reg.state_dict() == {"a": {"v": 1}, "b": {"v": 2}}
+    reg.load_state_dict({"a": {"v": 5}, "b": {"v": 6}})
+    assert (a.v, b.v) == (5, 6)
+    reg.load_state_dict({"a": {"v": 7}})  # an optional part missing from an older checkpoint keeps its state
+    assert (a.v, b.v) == (7, 6)
+    with pytest.raises(KeyError, match=r"no \['a'\]"):
+        reg.load_state_dict({"b": {"v": 0}})
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a", Part(0))

@@ -236,6 +236,7 @@ def test_preflight_finds_a_short_domain_and_a_model_without_weights(base, tmp_pa
     from megadrp.config import ConfigError, load_config
     from megadrp.data import IndexedDatasetWriter, write_meta
     from megadrp.data.tokenizer import load_tokenizer
+    from megadrp.methods import method_for
     from megadrp.trainer.build import preflight
     from megadrp.trainer.resume_check import check_start
 
@@ -249,12 +250,13 @@ def test_preflight_finds_a_short_domain_and_a_model_without_weights(base, tmp_pa
     config = write_config(tmp_path, ws, tmp_path / "short_run", data={"prefix": str(prefix)})
     with pytest.raises(ConfigError, match=r"too few tokens for one training sample of seq_length \+ 1 = 33: code "
                                           r"\(4 tokens in .*short_code.bin\)"):
-        preflight(load_config(str(config)))
+        cfg = load_config(str(config))
+        preflight(cfg, method_for(cfg))
     hollow = tmp_path / "hollow"
     shutil.copytree(ws["model"], hollow, ignore=shutil.ignore_patterns("*.safetensors"))
     cfg = load_config(str(write_config(tmp_path, ws, tmp_path / "hollow_run", model={"path": str(hollow)})))
     with pytest.raises(ConfigError, match="has a config.json but no weights"):
-        check_start(cfg, preflight(cfg))
+        check_start(cfg, preflight(cfg, method_for(cfg)))
 
 
 def test_export_of_an_unfinished_prune_run_warns(base, tmp_path, caplog):
