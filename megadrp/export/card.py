@@ -129,7 +129,8 @@ def with_evaluation(text: str, results: Optional[dict], source_shape=None, achie
 
 def _method_lines(info: dict) -> list[str]:
     # the method's own sentence (megadrp.methods' spec), recorded in the checkpoint or passed by the cut itself
-    method = info.get("method") or f"megadrp {info.get('mode', 'run')} (the checkpoint predates recorded methods)"
+    method = info.get("method") or (f"megadrp {info.get('mode', 'run')}, data reweighting: "  # not recorded
+                                    f"{info.get('dro_method') or 'none'}")
     lines = [f"- Method: {method}."]
     distill = info.get("distill") or {}
     if float(distill.get("alpha") or 0) > 0:

@@ -210,7 +210,7 @@ def test_dense_cpt_checkpoint_converts_without_pruning(runs, tmp_path):
     cpt = tmp_path / "cpt" / "checkpoints" / "step_1"
     shutil.copytree(run1 / "checkpoints" / "step_1", cpt)
     state = run_format.read_state(cpt)
-    state.update(mode="cpt", masks=None)
+    state.update(mode="cpt", masks=None, mode_state={})  # as a cpt run writes it: no masks, no method state
     rewrite_state(cpt, state)
     out = export_checkpoint(cpt, tmp_path / "dense", dtype="float32", progress=False)
     sd, _ = load_checkpoint_for_export(cpt)
