@@ -70,26 +70,40 @@ class _Counter:
         self.n = int(state["n"])
 
 
-def test_a_method_registered_from_outside_trains_through_the_cli(tmp_path, monkeypatch):
-    from megadrp import run_format
-    from megadrp.cli import main
-    from tests.helpers.train_runs import read_metrics
+DECAY = MethodSpec(name="decay", summary="Dense training with an extra term.", card="decay, reweighting: {dro}",
+                   mode=_DecayMode)
+# Code outside the package registers its method, then runs the ordinary command line (in its own process: a run
+# sets the rendezvous environment and signal handlers of the process it runs in).
+_REGISTER_AND_RUN = """
+import sys
+from megadrp.cli import main
+from megadrp.methods import register
+from tests.methods.test_registry import DECAY
+register(DECAY)
+sys.exit(main(sys.argv[1:]))
+"""
 
-    spec = MethodSpec(name="decay", summary="Dense training with an L2 term.", card="decay, reweighting: {dro}",
-                      mode=_DecayMode)
-    monkeypatch.setitem(METHODS, "decay", spec)
+
+def test_a_method_registered_from_outside_trains_through_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from megadrp import run_format
+    from megadrp.export.api import export_checkpoint
+    from tests.helpers.train_runs import REPO, read_metrics, run_env
+
     ws = make_workspace(tmp_path)
     run_dir = tmp_path / "run"
     config = write_config(tmp_path, ws, run_dir, mode="decay", optim={"max_steps": 2, "micro_batch_size": 2},
                           checkpoint={"save_interval": 2})
-    assert main(["decay", "--config", str(config)]) == 0
+    proc = subprocess.run([sys.executable, "-c", _REGISTER_AND_RUN, "decay", "--config", str(config)], cwd=REPO,
+                          env=run_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     train = read_metrics(run_dir)
     assert [r["step"] for r in train] == [1, 2] and [r["decay"] for r in train] == pytest.approx([1e-3, 2e-3])
     state = run_format.read_state(run_dir / "checkpoints" / "step_2")
     assert state["mode"] == "decay" and state["mode_state"] == {"decay_steps": {"n": 2}}
     assert state["method_card"] == "decay, reweighting: drpruning"
-    from megadrp.export.api import export_checkpoint
-
     card = (export_checkpoint(run_dir, tmp_path / "exp", dtype="float32", progress=False) / "README.md").read_text()
     assert "- Method: decay, reweighting: drpruning." in card  # the spec's sentence, from the checkpoint alone
     assert "- The dense weights as trained" in card  # no masks were folded, no units selected
