@@ -87,6 +87,18 @@ def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Option
 
     if inputs is not None:
         precision, ds_config = inputs.precision, inputs.ds_config
+    if precision is None and cfg.deepspeed.precision == "auto":
+        # "auto" is the probe's choice between what the DeepSpeed JSON allows; a JSON that fixes its own
+        # precision (ds_configs/zero3_cpu.json: fp32) leaves no choice, so the plan uses that one.
+        import json
+        import os
+
+        from megadrp.config.deepspeed_check import _json_precision, resolve_ds_config_path
+        src = resolve_ds_config_path(cfg.deepspeed.config)
+        if isinstance(cfg.deepspeed.config, str) and os.path.exists(src):
+            with open(src, encoding="utf-8") as fh:
+                fixed = _json_precision(json.load(fh))
+            precision = None if fixed == "auto" else fixed
     precision = precision or resolve_precision(cfg.deepspeed.precision, "cuda")
     shape = inputs.shape if inputs is not None else shape_of(cfg.model.path)
     if ds_config is None:
