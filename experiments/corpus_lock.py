@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from megadrp.data.corpus_manifest import read_json_object
+
 LOCK_FORMAT = "megadrp-corpus-lock"
 
 
@@ -24,13 +26,10 @@ def lock_path(sources_file: Path) -> Path:
 def read_lock(sources_file: Path) -> dict | None:
     """The lock beside ``sources_file``, or None when the list has none."""
     path = lock_path(sources_file)
-    if not path.is_file():
+    lock = read_json_object(path, "corpus lock", "restore it from git or rewrite it with "
+                                                 "python -m experiments.corpus_build --update-lock")
+    if lock is None:
         return None
-    try:
-        lock = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a valid corpus lock ({err}); restore it from git or rewrite it with "
-                         f"python -m experiments.corpus_build --update-lock") from None
     if lock.get("format") != LOCK_FORMAT:
         raise ValueError(f"{path}: not a corpus lock (format {lock.get('format')!r}, expected {LOCK_FORMAT!r})")
     return lock

@@ -26,11 +26,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     # Run as a script (deepspeed/torchrun/srun `python megadrp/train.py`): Python put megadrp/ itself first on
     # sys.path, where our subpackages (kernels, config, data, model, ...) would shadow installed top-level
-    # packages of the same name (transformers imports the PyPI package `kernels`). Drop it, and make the
-    # repository importable instead.
-    _package_dir = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _package_dir]
-    sys.path.insert(0, str(_package_dir.parent))
+    # packages of the same name (transformers imports the PyPI package `kernels`). Make the repository
+    # importable; importing the package then drops megadrp/ from sys.path (megadrp/__init__.py).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import megadrp  # noqa: F401,E402
 
 
 # True while several stages run in one process (megadrp/recipe/stages.py, run_in_process): the process

@@ -38,14 +38,15 @@ def resolve_ds_config_path(path: str) -> str:
     return path
 
 
-def resolve_precision(requested: str, device_type: str) -> str:
-    """The weights' dtype, which the JSON must train in: 'auto' is bf16 on accelerators; on CPU 'auto' and
-    'bf16' store fp32 weights (bf16 runs there as autocast over them, megadrp/trainer/precision.py)."""
+def resolve_precision(requested: str, device_type: str, json_precision: str = "auto") -> str:
+    """The weights' dtype, which the JSON must train in: 'auto' is bf16 on accelerators, unless the DeepSpeed JSON
+    fixes its own (``json_precision``, e.g. ds_configs/zero3_cpu.json: fp32), which leaves 'auto' no choice; on CPU
+    'auto' and 'bf16' store fp32 weights (bf16 runs there as autocast over them, megadrp/trainer/precision.py)."""
     if device_type == "cpu" and requested in ("auto", "bf16"):
         return "fp32"
     if requested != "auto":
         return requested
-    return "bf16"
+    return "bf16" if json_precision == "auto" else json_precision
 
 
 def _json_precision(ds: dict) -> str:
@@ -58,26 +59,34 @@ def _json_precision(ds: dict) -> str:
     return "fp32"
 
 
+def _load(path_or_dict) -> tuple[dict, str]:
+    """(a copy of the DeepSpeed config, where it came from); a missing or broken file is a ConfigError."""
+    if isinstance(path_or_dict, dict):
+        return copy.deepcopy(path_or_dict), "<dict>"
+    src = resolve_ds_config_path(path_or_dict)
+    if not os.path.exists(src):
+        shipped = ", ".join(f"ds_configs/{p.name}" for p in sorted(SHIPPED_DS_CONFIGS.glob("*.json")))
+        raise ConfigError("deepspeed.config", src, f"file not found (relative paths start from the working "
+                                                   f"directory); shipped with megadrp: {shipped}")
+    with open(src, encoding="utf-8") as fh:
+        try:
+            return json.load(fh), src
+        except json.JSONDecodeError as err:
+            raise ConfigError("deepspeed.config", src, f"is not valid JSON: {err}") from err
+
+
+def deepspeed_json_precision(path_or_dict) -> str:
+    """The precision a DeepSpeed JSON fixes ('bf16' | 'fp16' | 'fp32'), or 'auto' when it leaves it to the run."""
+    return _json_precision(_load(path_or_dict)[0])
+
+
 def check_deepspeed_json(path_or_dict, optim, precision: str, world_size: int) -> dict:
     """Return the resolved DeepSpeed config, or raise ConfigError naming the mismatch and the fix.
 
     ``optim`` is the run's OptimConfig, ``precision`` the resolved precision ('bf16'|'fp16'|'fp32'),
     ``world_size`` the data-parallel size.
     """
-    if isinstance(path_or_dict, dict):
-        ds, src = copy.deepcopy(path_or_dict), "<dict>"
-    else:
-        src = resolve_ds_config_path(path_or_dict)
-        if not os.path.exists(src):
-            shipped = ", ".join(f"ds_configs/{p.name}" for p in sorted(SHIPPED_DS_CONFIGS.glob("*.json")))
-            raise ConfigError("deepspeed.config", src, f"file not found (relative paths start from the working "
-                                                       f"directory); shipped with megadrp: {shipped}")
-        with open(src, encoding="utf-8") as fh:
-            try:
-                ds = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise ConfigError("deepspeed.config", src, f"is not valid JSON: {err}") from err
-
+    ds, src = _load(path_or_dict)
     micro, accum = optim.micro_batch_size, optim.gradient_accumulation_steps
     expected_global = micro * accum * world_size
     if optim.global_batch_size is not None and optim.global_batch_size != expected_global:

@@ -12,19 +12,23 @@ import json
 from pathlib import Path
 
 
-def read_manifest(corpus_dir) -> dict | None:
-    """The manifest of ``corpus_dir``, or None when it has none."""
-    path = Path(corpus_dir) / "manifest.json"
+def read_json_object(path: Path, what: str, fix: str) -> dict | None:
+    """The JSON object in ``path``, None when there is no such file; a damaged one names ``what`` it is and ``fix``."""
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a valid corpus manifest ({err}); rebuild it with `python -m "
-                         f"experiments.corpus_build --force`") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is not a valid corpus manifest (expected a JSON object)")
-    return manifest
+        raise ValueError(f"{path} is not a valid {what} ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a valid {what} (expected a JSON object); {fix}")
+    return data
+
+
+def read_manifest(corpus_dir) -> dict | None:
+    """The manifest of ``corpus_dir``, or None when it has none."""
+    return read_json_object(Path(corpus_dir) / "manifest.json", "corpus manifest",
+                            "rebuild it with `python -m experiments.corpus_build --force`")
 
 
 def manifest_domains(corpus_dir) -> list[str]:

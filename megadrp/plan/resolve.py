@@ -83,23 +83,13 @@ def run_shape(cfg, gpus: int, precision: Optional[str] = None, ds_config: Option
     stage "auto" resolved for GPUs of ``gpu_memory_gib``). ``inputs``: a run's pre-flight RunInputs, whose
     precision, DeepSpeed JSON, shapes and teacher are used as resolved (the trainer's start-up check)."""
     from megadrp.config import check_deepspeed_json, resolve_precision
+    from megadrp.config.deepspeed_check import deepspeed_json_precision
     from megadrp.plan.estimate import RunShape, ZeroSetup
 
     if inputs is not None:
         precision, ds_config = inputs.precision, inputs.ds_config
-    if precision is None and cfg.deepspeed.precision == "auto":
-        # "auto" is the probe's choice between what the DeepSpeed JSON allows; a JSON that fixes its own
-        # precision (ds_configs/zero3_cpu.json: fp32) leaves no choice, so the plan uses that one.
-        import json
-        import os
-
-        from megadrp.config.deepspeed_check import _json_precision, resolve_ds_config_path
-        src = resolve_ds_config_path(cfg.deepspeed.config)
-        if isinstance(cfg.deepspeed.config, str) and os.path.exists(src):
-            with open(src, encoding="utf-8") as fh:
-                fixed = _json_precision(json.load(fh))
-            precision = None if fixed == "auto" else fixed
-    precision = precision or resolve_precision(cfg.deepspeed.precision, "cuda")
+    if precision is None:
+        precision = resolve_precision(cfg.deepspeed.precision, "cuda", deepspeed_json_precision(cfg.deepspeed.config))
     shape = inputs.shape if inputs is not None else shape_of(cfg.model.path)
     if ds_config is None:
         from megadrp.config.zero_stage import resolve_zero_stage

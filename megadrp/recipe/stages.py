@@ -19,6 +19,7 @@ import sys
 import time
 
 from megadrp import run_format
+from megadrp.data.corpus_manifest import read_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -102,13 +103,10 @@ def newer(path: str, than: str) -> bool:
 
 def corpus_domains(corpus: str) -> list[str]:
     """Domain names of a corpus built by experiments/corpus_build.py, in the manifest's order."""
-    path = os.path.join(corpus, "manifest.json")
-    if not os.path.exists(path):
-        raise StageFailed(f"{path} is missing: build the corpus first (make corpus)")
-    with open(path, encoding="utf-8") as fh:
-        manifest = json.load(fh)
-    names = manifest.get("domains", manifest)
-    return list(names) if isinstance(names, (dict, list)) else []
+    manifest = read_manifest(corpus)
+    if manifest is None:
+        raise StageFailed(f"{os.path.join(corpus, 'manifest.json')} is missing: build the corpus first (make corpus)")
+    return list(manifest.get("domains") or [])
 
 
 def default_bin_dir(model: str) -> str:

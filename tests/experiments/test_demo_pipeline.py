@@ -9,34 +9,23 @@ the papers' claims from the tables.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers.pipeline_runs import TARGET, pipeline_config, pipeline_corpus
+from tests.helpers.pipeline_runs import TARGET, pipeline_config, pipeline_workspace, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from tests.helpers.tiny_models import make_tiny_hf_model
-
-    tmp = tmp_path_factory.mktemp("demo")
-    model = make_tiny_hf_model(tmp, "llama", num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
-                               intermediate_size=128, num_hidden_layers=4, seed=0)
-    return {"tmp": tmp, "model": str(model), "corpus": str(pipeline_corpus(tmp / "corpus")), "bins": str(tmp / "bin")}
+    return pipeline_workspace(tmp_path_factory.mktemp("demo"))
 
 
 def _run(args: list[str], timeout: int = 600) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout
+    return run_python(args, timeout)
 
 
 def _unseen_corpus(tmp: Path) -> tuple[Path, Path]:

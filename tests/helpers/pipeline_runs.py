@@ -3,6 +3,9 @@ folder laid out as experiments/corpus_build.py writes it, and a tiny recipe for 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -45,3 +48,20 @@ def pipeline_config(path: Path, max_steps: int, mode: str = "prune") -> Path:
         cfg.update(dress={"calibration_batches": 2}, distill={"alpha": 0.5})
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def pipeline_workspace(tmp: Path) -> dict:
+    """The tiny source model (4 layers, GQA) and the pipeline corpus in ``tmp``: what the pipeline tests share."""
+    from tests.helpers.tiny_models import make_tiny_hf_model
+
+    model = make_tiny_hf_model(tmp, "llama", num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                               intermediate_size=128, num_hidden_layers=4, seed=0)
+    return {"tmp": tmp, "model": str(model), "corpus": str(pipeline_corpus(tmp / "corpus")), "bins": str(tmp / "bin")}
+
+
+def run_python(args: list[str], timeout: int) -> str:
+    """``python ARGS`` from the repository (one thread, wandb off); its stdout, or a failure with the output's end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
